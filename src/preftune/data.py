@@ -1,0 +1,304 @@
+"""Records, file readers with row-level errors, tokenisation and collation.
+
+Readers accept JSONL, JSON (a list of objects) and Parquet. A malformed row raises
+:class:`DataError` naming the file, the line (JSONL), record number (JSON) or row (Parquet), and
+what is wrong; nothing is skipped silently.
+
+Tokenisation and truncation policy (the one place it is decided)
+----------------------------------------------------------------
+* The prompt and the completion are tokenised *separately* and the ids joined, so the
+  completion tokens are exactly what the model must produce: no BPE merge across the boundary.
+  The prompt gets the tokenizer's own special tokens (a BOS where it wants one); the
+  completion gets none, then EOS is appended. A boolean completion mask, not the pad id,
+  marks what carries loss, so EOS is learned even when a tokenizer's pad equals its eos.
+* Too long: the prompt is first cut from the *left* to ``max_prompt_length`` tokens (the end
+  of a prompt, "Assistant:", matters most); then the completion is cut from the *right* so the
+  total fits ``max_length``. A cut completion has lost its EOS — it really was truncated.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+ASSISTANT_MARK = "\n\nAssistant:"
+
+
+class DataError(ValueError):
+    """A malformed input row: ``file:line: problem``."""
+
+    def __init__(self, path: str | Path, where: str | int, problem: str):
+        super().__init__(f"{path}:{where}: {problem}")
+
+
+# ------------------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    prompt: str
+    completion: str
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One preference: ``chosen`` is better than ``rejected`` for ``prompt``."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    strength: float | None = None  # from the 8-point scale, 0.5 (barely) .. 1.0 (much better)
+    annotator: str | None = None
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """K completions of one prompt ordered best first: ``completions[ranking[0]]`` is the best."""
+
+    prompt: str
+    completions: tuple[str, ...]
+    ranking: tuple[int, ...]
+    annotator: str | None = None
+    group: str | None = None
+
+
+# ------------------------------------------------------------------------------------- readers
+
+
+def read_rows(path: str | Path) -> Iterator[tuple[str | int, dict]]:
+    """Yield ``(where, row)`` from a JSONL, JSON or Parquet file; ``where`` locates the row for errors."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for i, row in enumerate(pq.read_table(path).to_pylist()):
+            yield f"row {i + 1}", row
+    elif suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(path, e.lineno, f"invalid JSON: {e.msg}") from None
+        if not isinstance(data, list):
+            raise DataError(path, 1, "a .json data file must hold a list of objects")
+        for i, row in enumerate(data):
+            if not isinstance(row, dict):
+                raise DataError(path, f"record {i + 1}", f"expected an object, got {type(row).__name__}")
+            yield f"record {i + 1}", row
+    else:  # JSONL
+        with path.open() as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(path, lineno, f"invalid JSON: {e.msg}") from None
+                if not isinstance(row, dict):
+                    raise DataError(path, lineno, f"expected a JSON object, got {type(row).__name__}")
+                yield lineno, row
+
+
+def _text(row: dict, key: str, path, where, allow_empty: bool = False) -> str:
+    if key not in row:
+        raise DataError(path, where, f"missing field {key!r} (fields present: {sorted(row)})")
+    value = row[key]
+    if not isinstance(value, str):
+        raise DataError(path, where, f"field {key!r} must be a string, got {type(value).__name__}")
+    if not value and not allow_empty:
+        raise DataError(path, where, f"field {key!r} is empty")
+    return value
+
+
+def render_conversation(messages: Sequence[dict], path="<messages>", where="?") -> SFTExample:
+    """Turn ``[{"role", "content"}, ...]`` ending in an assistant turn into prompt + completion.
+
+    Everything before the last assistant turn is the prompt (rendered in the ``Human: ...
+    Assistant:`` format, as the tokenizer's chat template does); the last turn is the completion.
+    """
+    if not isinstance(messages, list) or not messages:
+        raise DataError(path, where, "'messages' must be a non-empty list")
+    parts = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise DataError(path, where, f"messages[{i}] must be an object with string 'role' and 'content'")
+        if m["role"] not in ("system", "user", "assistant"):
+            raise DataError(path, where, f"messages[{i}] has unknown role {m['role']!r}")
+    if messages[-1]["role"] != "assistant":
+        raise DataError(path, where, "the last message must be the assistant's (it is the completion)")
+    for i, m in enumerate(messages[:-1]):
+        if m["role"] == "user":
+            parts.append(("\n\n" if i else "") + "Human: " + m["content"])
+        elif m["role"] == "assistant":
+            parts.append(ASSISTANT_MARK + " " + m["content"])
+        else:  # a system message, rendered as it is
+            parts.append(m["content"])
+    return SFTExample("".join(parts) + ASSISTANT_MARK, " " + messages[-1]["content"])
+
+
+def split_transcript(text: str, path="<transcript>", where="?") -> tuple[str, str]:
+    """Split an HH-RLHF transcript at its last ``\\n\\nAssistant:`` into (prompt, completion)."""
+    cut = text.rfind(ASSISTANT_MARK)
+    if cut < 0:
+        raise DataError(path, where, "transcript has no '\\n\\nAssistant:' turn")
+    cut += len(ASSISTANT_MARK)
+    return text[:cut], text[cut:]
+
+
+def load_sft(path: str | Path) -> list[SFTExample]:
+    """SFT rows: ``{"prompt", "completion"}`` or ``{"messages": [...]}``."""
+    out = []
+    for where, row in read_rows(path):
+        if "messages" in row:
+            out.append(render_conversation(row["messages"], path, where))
+        elif "prompt" in row or "completion" in row:
+            out.append(SFTExample(_text(row, "prompt", path, where, allow_empty=True), _text(row, "completion", path, where)))
+        else:
+            raise DataError(path, where, f"expected 'prompt' and 'completion', or 'messages' (fields present: {sorted(row)})")
+    _nonempty(out, path)
+    return out
+
+
+def load_comparisons(path: str | Path) -> list[Comparison | Ranking]:
+    """Comparison rows: pairs, HH-RLHF whole transcripts, or K-way rankings (see SPEC.md)."""
+    out: list[Comparison | Ranking] = []
+    for where, row in read_rows(path):
+        meta = {k: row.get(k) for k in ("annotator", "group")}
+        for k, v in meta.items():
+            if v is not None and not isinstance(v, str):
+                raise DataError(path, where, f"field {k!r} must be a string")
+        if "ranking" in row or "completions" in row:
+            prompt = _text(row, "prompt", path, where)
+            comps, ranking = row.get("completions"), row.get("ranking")
+            if not isinstance(comps, list) or len(comps) < 2 or not all(isinstance(c, str) for c in comps):
+                raise DataError(path, where, "'completions' must be a list of at least 2 strings")
+            if not isinstance(ranking, list) or sorted(ranking) != list(range(len(comps))):
+                raise DataError(path, where, f"'ranking' must be a permutation of 0..{len(comps) - 1}, got {ranking!r}")
+            out.append(Ranking(prompt, tuple(comps), tuple(ranking), **meta))
+            continue
+        chosen, rejected = _text(row, "chosen", path, where), _text(row, "rejected", path, where)
+        if "prompt" in row:
+            prompt = _text(row, "prompt", path, where)
+        else:  # HH-RLHF: two whole transcripts sharing everything up to the last Assistant turn
+            prompt, chosen = split_transcript(chosen, path, where)
+            prompt_r, rejected = split_transcript(rejected, path, where)
+            if prompt_r != prompt:
+                raise DataError(path, where, "chosen and rejected transcripts differ before the last Assistant turn")
+        strength = row.get("strength")
+        if strength is not None and (not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0):
+            raise DataError(path, where, f"'strength' must be a number in [0, 1], got {strength!r}")
+        out.append(Comparison(prompt, chosen, rejected, strength, **meta))
+    _nonempty(out, path)
+    return out
+
+
+def load_prompts(path: str | Path) -> list[str]:
+    """Prompt rows: ``{"prompt"}`` (other fields are ignored, so SFT or comparison files work too)."""
+    out = [_text(row, "prompt", path, where) for where, row in read_rows(path)]
+    _nonempty(out, path)
+    return out
+
+
+def load_texts(path: str | Path) -> list[str]:
+    """Pretraining rows: ``{"text"}``."""
+    out = [_text(row, "text", path, where) for where, row in read_rows(path)]
+    _nonempty(out, path)
+    return out
+
+
+def _nonempty(rows: list, path) -> None:
+    if not rows:
+        raise DataError(path, 1, "the file holds no rows")
+
+
+def write_jsonl(path: str | Path, rows: Sequence[dict]) -> None:
+    """Write rows atomically (a temp file renamed into place), so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+# ------------------------------------------------------------------------ tokenise and collate
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of prompt + completion; ``n_prompt`` ids belong to the prompt."""
+
+    input_ids: tuple[int, ...]
+    n_prompt: int
+    truncated: bool = False
+
+
+def encode(tokenizer, prompt: str, completion: str, max_length: int, max_prompt_length: int | None = None, add_eos: bool = True) -> Encoded:
+    """Tokenise prompt and completion separately and join them (policy in the module doc)."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    if add_eos:
+        completion_ids = completion_ids + [tokenizer.eos_token_id]
+    max_prompt = max_length - 1 if max_prompt_length is None else min(max_prompt_length, max_length - 1)
+    truncated = False
+    if len(prompt_ids) + len(completion_ids) > max_length:
+        truncated = True
+        if len(prompt_ids) > max_prompt:
+            prompt_ids = prompt_ids[len(prompt_ids) - max_prompt :]
+        completion_ids = completion_ids[: max_length - len(prompt_ids)]
+    return Encoded(tuple(prompt_ids) + tuple(completion_ids), len(prompt_ids), truncated)
+
+
+def encode_text(tokenizer, text: str, max_length: int) -> Encoded:
+    """A pretraining document: EOS as a separator in front (so the first token is predicted), all
+    tokens carry loss, EOS at the end."""
+    ids = [tokenizer.eos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return Encoded(tuple(ids[:max_length]), 1, len(ids) > max_length)
+
+
+@dataclass
+class Batch:
+    """A padded batch. Masks are boolean; True means "counts"."""
+
+    input_ids: torch.Tensor  # (B, T) long
+    attention_mask: torch.Tensor  # (B, T) bool, True on real tokens
+    completion_mask: torch.Tensor  # (B, T) bool, True on completion tokens (the ones with loss)
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def collate(examples: Sequence[Encoded], pad_id: int, padding_side: str = "right") -> Batch:
+    """Pad to the longest example, on the right (training) or the left (generation)."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    T = max(len(e.input_ids) for e in examples)
+    B = len(examples)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    attention = torch.zeros((B, T), dtype=torch.bool)
+    completion = torch.zeros((B, T), dtype=torch.bool)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        start = 0 if padding_side == "right" else T - n
+        input_ids[i, start : start + n] = torch.tensor(e.input_ids)
+        attention[i, start : start + n] = True
+        completion[i, start + e.n_prompt : start + n] = True
+    return Batch(input_ids, attention, completion)
+
+
+def shuffled_batches(items: Sequence, batch_size: int, seed: int, epoch: int, drop_last: bool = False) -> list[list]:
+    """Deterministic shuffled batches for one epoch: the order depends only on (seed, epoch)."""
+    order = list(range(len(items)))
+    random.Random(f"{seed}-{epoch}").shuffle(order)
+    stop = len(order) - (len(order) % batch_size if drop_last else 0)
+    return [[items[j] for j in order[i : i + batch_size]] for i in range(0, stop, batch_size)]

@@ -1,0 +1,237 @@
+"""The one optimisation loop. Every training method plugs into it through :class:`Method`.
+
+What lives here and nowhere else: AdamW with decoupled weight decay, linear warm-up then
+cosine/linear decay, gradient accumulation normalised over the whole accumulated batch,
+gradient clipping, periodic evaluation, ``metrics.jsonl``, the progress bar, and checkpoints
+that are either complete or absent (written to a temporary directory, then renamed), so a run
+killed at any moment — ``kill -9`` included — resumes from its last checkpoint and ends with the
+same parameters as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import TrainConfig
+
+
+@dataclass
+class StepLoss:
+    """What a method's ``loss`` returns for one micro-batch."""
+
+    loss: torch.Tensor  # scalar, *summed* over the micro-batch's units (tokens, pairs, ...)
+    count: torch.Tensor | float  # how many units that sum is over
+    metrics: dict[str, float] = field(default_factory=dict)  # per-micro-batch means, logged as-is
+
+
+class Method(Protocol):
+    """A training method: the data it iterates and the loss of one micro-batch."""
+
+    def batches(self, epoch: int) -> Sequence[Any]:
+        """The micro-batches of one epoch, in an order fixed by (seed, epoch)."""
+        ...
+
+    def loss(self, model: torch.nn.Module, batch: Any) -> StepLoss: ...
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """Held-out metrics (names without the ``eval/`` prefix); ``{}`` if none."""
+        ...
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at optimiser step ``step`` (0-based)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99))
+
+
+# ----------------------------------------------------------------------------------- checkpoints
+
+CKPT_DIR = "checkpoints"
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(out: Path, model, optimizer, state: dict, keep: int = 2) -> Path:
+    """Write ``out/checkpoints/step-N`` atomically: everything goes to a temp dir, then one rename."""
+    root = out / CKPT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{state['step']:07d}"
+    tmp = root / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(_trainable_state(model), str(tmp / "model.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "py_rng": random.getstate()}, tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps(state))
+    for f in tmp.iterdir():  # make the files durable before the rename publishes them
+        with f.open("rb") as fh:
+            os.fsync(fh.fileno())
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in sorted(root.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted((out / CKPT_DIR).glob("step-*")) if (out / CKPT_DIR).exists() else []
+    return ckpts[-1] if ckpts else None
+
+
+def load_checkpoint(path: Path, model, optimizer) -> dict:
+    params = dict(model.named_parameters())
+    for name, value in load_file(str(path / "model.safetensors")).items():
+        if name not in params:
+            raise ValueError(f"{path}: checkpoint holds {name!r}, which this model does not have")
+        with torch.no_grad():
+            params[name].copy_(value)
+    blob = torch.load(path / "optimizer.pt", weights_only=False)
+    optimizer.load_state_dict(blob["optimizer"])
+    torch.set_rng_state(blob["torch_rng"])
+    random.setstate(blob["py_rng"])
+    return json.loads((path / "state.json").read_text())
+
+
+# ---------------------------------------------------------------------------------- the loop
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per logged step; on resume, rows past the checkpoint go."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        if resume_step is not None and path.exists():
+            rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            path.write_text("".join(r + "\n" for r in rows))
+        elif path.exists():
+            path.unlink()
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dict:
+    """Optimise ``model`` with ``method`` under ``cfg``; returns the last logged metrics.
+
+    ``on_step(step)`` is called after each completed optimiser step (used by tests to interrupt).
+    """
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    optimizer = make_optimizer(model, cfg)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    n_micro = len(method.batches(0))
+    if n_micro == 0:
+        raise ValueError("the training data yields no batches")
+    steps_per_epoch = math.ceil(n_micro / cfg.grad_accum)
+    total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    warmup = int(cfg.warmup * total)
+
+    state = {"step": 0, "epoch": 0, "step_in_epoch": 0}
+    ckpt = latest_checkpoint(out)
+    if cfg.resume and ckpt is not None:
+        state = load_checkpoint(ckpt, model, optimizer)
+        print(f"resuming from {ckpt} (step {state['step']} of {total})")
+    elif ckpt is not None:
+        raise FileExistsError(f"{out} holds checkpoints of an earlier run; pass --resume to continue it or choose another --out")
+    log = MetricsLog(out / "metrics.jsonl", state["step"] if cfg.resume else None)
+
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=state["step"], desc=out.name, unit="step", dynamic_ncols=True)
+    start = time.perf_counter()
+    last: dict[str, float] = {}
+    model.train()
+    while state["step"] < total:
+        micro = method.batches(state["epoch"])
+        groups = [micro[i : i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)]
+        for group in groups[state["step_in_epoch"] :]:
+            for g in optimizer.param_groups:
+                g["lr"] = cfg.lr * lr_factor(state["step"], total, warmup, cfg.schedule)
+            loss_sum, count, sums = 0.0, 0.0, defaultdict(float)
+            for batch in group:
+                res = method.loss(model, batch)
+                res.loss.backward()  # summed; normalised below over the whole accumulated batch
+                loss_sum += res.loss.item()
+                count += float(res.count)
+                for k, v in res.metrics.items():
+                    sums[k] += v / len(group)
+            if count > 0:
+                torch._foreach_div_([p.grad for p in params if p.grad is not None], count)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            state["step_in_epoch"] += 1
+            done = state["step"] >= total
+            if state["step_in_epoch"] == len(groups):
+                state["epoch"] += 1
+                state["step_in_epoch"] = 0
+
+            row = {"loss/train": loss_sum / max(count, 1e-12), "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"], **sums}
+            if cfg.eval_every and state["step"] % cfg.eval_every == 0 or done:
+                row.update({f"eval/{k}": v for k, v in _evaluate(model, method).items()})
+            if state["step"] % cfg.log_every == 0 or done or any(k.startswith("eval/") for k in row):
+                last = {
+                    "step": state["step"],
+                    "epoch": round(state["step"] / steps_per_epoch, 4),
+                    **row,
+                    "time/elapsed_s": round(time.perf_counter() - start, 3),
+                }
+                log.write(last)
+            if cfg.save_every and state["step"] % cfg.save_every == 0 or done:
+                save_checkpoint(out, model, optimizer, state)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss/train']:.4f}")
+            if on_step is not None:
+                on_step(state["step"])
+            if done:
+                break
+    if bar is not None:
+        bar.close()
+    model.eval()
+    return last
+
+
+def _evaluate(model, method: Method) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        res = method.evaluate(model)
+    model.train(was_training)
+    return res

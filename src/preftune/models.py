@@ -1,0 +1,150 @@
+"""Models and tokenizers: load any local causal LM, build tiny ones, train a tokenizer locally.
+
+Nothing here touches a model hub: every path is a local directory in ``save_pretrained`` format,
+and everything preftune writes loads back with plain ``transformers``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    LlamaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local path must never turn into a download
+
+EOS, PAD = "<|endoftext|>", "<|pad|>"
+
+# The ``Human: ... Assistant:`` format as a Jinja chat template. It renders exactly what
+# ``preftune.data.render_conversation`` renders, so `apply_chat_template` and preftune agree.
+CHAT_TEMPLATE = (
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'user' -%}{{ ('' if loop.first else '\\n\\n') + 'Human: ' + m['content'] }}"
+    "{%- elif m['role'] == 'assistant' -%}{{ '\\n\\nAssistant: ' + m['content'] }}"
+    "{%- else -%}{{ m['content'] }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '\\n\\nAssistant:' }}{%- endif -%}"
+)
+
+SIZES: dict[str, dict[str, int]] = {
+    # name: width, layers, heads, mlp width, context
+    "micro": dict(hidden=64, layers=2, heads=4, mlp=128, context=128),  # tests
+    "tiny": dict(hidden=128, layers=4, heads=4, mlp=384, context=256),
+    "tiny-wide": dict(hidden=192, layers=4, heads=6, mlp=512, context=256),
+    "small": dict(hidden=256, layers=6, heads=8, mlp=768, context=512),
+}
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on ``texts``, with distinct EOS and PAD and a chat template."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, bos_token=EOS)
+    hf.chat_template = CHAT_TEMPLATE
+    return hf
+
+
+def build_model(tokenizer: PreTrainedTokenizerBase, size: str = "tiny", arch: str = "llama", seed: int = 0) -> PreTrainedModel:
+    """A randomly initialised causal LM (Llama- or GPT-2-shaped) sized for ``tokenizer``."""
+    if size not in SIZES:
+        raise ValueError(f"unknown model size {size!r}; choose from {sorted(SIZES)}")
+    s = SIZES[size]
+    ids = dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
+    if arch == "llama":
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=s["hidden"],
+            num_hidden_layers=s["layers"],
+            num_attention_heads=s["heads"],
+            num_key_value_heads=s["heads"],
+            intermediate_size=s["mlp"],
+            max_position_embeddings=s["context"],
+            tie_word_embeddings=True,
+            **ids,
+        )
+    elif arch == "gpt2":
+        config = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_embd=s["hidden"],
+            n_layer=s["layers"],
+            n_head=s["heads"],
+            n_inner=s["mlp"],
+            n_positions=s["context"],
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            **ids,
+        )
+    else:
+        raise ValueError(f"unknown architecture {arch!r}; choose 'llama' or 'gpt2'")
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """Load a local tokenizer; a tokenizer without a pad token gets ``pad = eos`` (masks, not ids,
+    decide what carries loss, so that is safe here)."""
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if tok.eos_token_id is None:
+        raise ValueError(f"{path}: the tokenizer has no eos token; preftune needs one to end completions")
+    return tok
+
+
+def load_policy(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a local directory."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path}: no model here (expected a save_pretrained directory with config.json)")
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    return model, load_tokenizer(path)
+
+
+def add_lora(model: PreTrainedModel, r: int = 8, alpha: int = 16, dropout: float = 0.0) -> PreTrainedModel:
+    """Wrap ``model`` with LoRA adapters on every linear layer (peft); only adapters train."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
+    """Save so that plain ``AutoModelForCausalLM.from_pretrained(path)`` loads it.
+
+    A LoRA model is saved twice: merged into full weights at ``path`` (loads anywhere) and as
+    the bare adapter in ``path/adapter`` (small; loads with peft on top of the base).
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "merge_and_unload"):  # a peft model
+        model.save_pretrained(str(path / "adapter"))
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+
+
+def n_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

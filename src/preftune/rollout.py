@@ -1,0 +1,126 @@
+"""Batched sampling with a KV cache: left-padded prompts, temperature / top-k / top-p, stop at EOS.
+
+A completion ends at its first EOS (the EOS is kept in ``completion_ids`` and the text is cut
+before it); a completion that never emits EOS within ``max_new_tokens`` has ``ended = False``.
+Dropout is off while sampling. The returned per-token log-probs are those of the *sampling*
+distribution (temperature applied, before top-k/top-p filtering), computed by the same
+``gather_token_logps`` the training forward uses.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .config import GenerateConfig
+from .data import collate, encode
+from .logprobs import gather_token_logps, position_ids
+
+
+@dataclass(frozen=True)
+class Sample:
+    prompt: str
+    completion: str  # decoded text, EOS removed
+    completion_ids: tuple[int, ...]  # sampled ids up to and including the first EOS
+    ended: bool  # True if the completion emitted EOS
+    logp: float  # sum of the sampled tokens' log-probs under the sampling distribution
+
+
+def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Mask logits (B, V) outside the top-k / nucleus with -inf."""
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest set whose mass reaches top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def sample(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    cfg: GenerateConfig = GenerateConfig(),
+    n: int = 1,
+    max_prompt_length: int = 96,
+    progress: bool = False,
+) -> list[Sample]:
+    """``n`` completions for each prompt (prompt-major order: all of prompt 0's, then prompt 1's, ...)."""
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    eos = tokenizer.eos_token_id
+    todo = [p for p in prompts for _ in range(n)]
+    out: list[Sample] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="sampling", unit="seq", dynamic_ncols=True)
+    for start in range(0, len(todo), cfg.batch_size):
+        chunk = todo[start : start + cfg.batch_size]
+        enc = [encode(tokenizer, p, "", max_prompt_length + 1, max_prompt_length, add_eos=False) for p in chunk]
+        batch = collate(enc, tokenizer.pad_token_id, padding_side="left")
+        out.extend(_sample_batch(model, tokenizer, chunk, batch.input_ids, batch.attention_mask, cfg, gen, eos))
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    model.train(was_training)
+    return out
+
+
+def _cache_kwarg(model) -> str:
+    """transformers renamed ``past_key_values`` to ``cache`` (5.2x); accept both."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _sample_batch(model, tokenizer, prompts, input_ids, attention_mask, cfg: GenerateConfig, gen, eos: int) -> list[Sample]:
+    B = input_ids.shape[0]
+    cache_kw = _cache_kwarg(model)
+    pos = position_ids(attention_mask)
+    res = model(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=pos, use_cache=True, logits_to_keep=1)
+    cache, logits = getattr(res, cache_kw), res.logits[:, -1]  # (B, V)
+    next_pos = pos[:, -1:] + 1  # (B, 1)
+    mask = attention_mask.long()
+    tokens, logps = [], []
+    done = torch.zeros(B, dtype=torch.bool)
+    for _ in range(cfg.max_new_tokens):
+        logits = logits.float()
+        if cfg.temperature == 0:
+            tok = logits.argmax(-1)
+            lp = gather_token_logps(logits[:, None], tok[:, None])[:, 0]
+        else:
+            scaled = logits / cfg.temperature
+            probs = _filter_logits(scaled, cfg.top_k, cfg.top_p).softmax(-1)
+            tok = torch.multinomial(probs, 1, generator=gen)[:, 0]
+            lp = gather_token_logps(scaled[:, None], tok[:, None])[:, 0]
+        tok = tok.masked_fill(done, eos)  # finished rows keep emitting EOS; ignored below
+        tokens.append(tok)
+        logps.append(lp.masked_fill(done, 0.0))
+        done = done | (tok == eos)
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype)], dim=1)
+        res = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True, **{cache_kw: cache})
+        cache, logits = getattr(res, cache_kw), res.logits[:, -1]
+        next_pos = next_pos + 1
+    ids = torch.stack(tokens, 1).tolist()  # (B, T_new)
+    lps = torch.stack(logps, 1)
+    samples = []
+    for i in range(B):
+        row = ids[i]
+        ended = eos in row
+        cut = row.index(eos) + 1 if ended else len(row)
+        text_ids = row[: cut - 1] if ended else row
+        samples.append(
+            Sample(prompts[i], tokenizer.decode(text_ids, skip_special_tokens=False), tuple(row[:cut]), ended, float(lps[i, :cut].sum()))
+        )
+    return samples

@@ -1,0 +1,310 @@
+"""The built-in "lists" world: a tiny assistant task with a programmatic gold reward.
+
+A user asks for ``k`` members of a category ("Name 3 fruits."); the assistant answers with a
+comma-separated list ending in a period (" apple, pear, plum."). Everything here is a pure
+function of a seed, so the same seed gives the same data byte for byte.
+
+Gold reward
+-----------
+For a request of ``k`` members of category ``C`` and a completion whose items are
+``y_1 .. y_n`` (split on commas, lower-cased, final period removed)::
+
+    R = 0.8 * c / k            c = distinct items of C, counted up to k        (coverage)
+      + 0.2 * f                f = 1 if the answer is well formed               (format bonus)
+      - 0.2 * w                w = items that are not members of C              (wrong items)
+      - 0.2 * d                d = repeated items                               (duplicates)
+      - 0.1 * |n - k|          n = number of items given                        (wrong count)
+      - 0.5 * t                t = 1 if the completion never emitted EOS        (truncated)
+
+A perfect answer (k distinct members, well formed, ends with EOS) scores exactly 1.0; an empty
+answer scores ``-0.1 k`` and an off-topic one is negative. "Well formed" means the text is
+``" " + ", ".join(items) + "."`` with every item a known word of the world and at least one item.
+
+The utility of an *annotator group* generalises the formula with ``extra``: such a group wants
+``k + extra`` items (coverage counted up to ``k + extra``, normalised by ``k + extra``, count
+penalty measured from ``k + extra``). The majority group has ``extra = 0`` (the gold reward);
+the default minority has ``extra = 2`` ("give me a few more than I asked for").
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass
+
+# fmt: off
+CATEGORIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    # key: (singular, plural, members)
+    "fruit":      ("fruit", "fruits", ("apple", "banana", "cherry", "grape", "lemon", "mango", "orange", "peach", "pear", "plum", "kiwi", "melon")),
+    "planet":     ("planet", "planets", ("mercury", "venus", "earth", "mars", "jupiter", "saturn", "uranus", "neptune")),
+    "color":      ("color", "colors", ("red", "blue", "green", "yellow", "purple", "pink", "brown", "black", "white", "gray", "orange", "teal")),
+    "animal":     ("animal", "animals", ("dog", "cat", "horse", "cow", "lion", "tiger", "bear", "wolf", "fox", "rabbit", "deer", "goat")),
+    "bird":       ("bird", "birds", ("robin", "eagle", "owl", "crow", "sparrow", "parrot", "pigeon", "swan", "duck", "hawk", "finch")),
+    "fish":       ("fish", "fish", ("salmon", "trout", "tuna", "cod", "carp", "pike", "shark", "eel", "herring", "perch")),
+    "vegetable":  ("vegetable", "vegetables", ("carrot", "potato", "onion", "pepper", "spinach", "cabbage", "lettuce", "celery", "pea", "bean", "garlic", "leek")),
+    "country":    ("country", "countries", ("france", "spain", "italy", "germany", "japan", "china", "india", "brazil", "canada", "mexico", "egypt", "kenya")),
+    "city":       ("city", "cities", ("paris", "london", "tokyo", "rome", "berlin", "madrid", "cairo", "lima", "oslo", "vienna", "dublin", "sydney")),
+    "instrument": ("instrument", "instruments", ("piano", "guitar", "violin", "drum", "flute", "trumpet", "harp", "cello", "banjo", "oboe", "clarinet")),
+    "sport":      ("sport", "sports", ("soccer", "tennis", "golf", "hockey", "rugby", "cricket", "boxing", "rowing", "skiing", "judo", "cycling")),
+    "metal":      ("metal", "metals", ("iron", "copper", "gold", "silver", "zinc", "tin", "lead", "nickel", "platinum", "aluminum")),
+    "tool":       ("tool", "tools", ("hammer", "saw", "drill", "wrench", "chisel", "pliers", "shovel", "rake", "axe", "ladder")),
+    "tree":       ("tree", "trees", ("oak", "pine", "maple", "birch", "willow", "cedar", "elm", "ash", "palm", "spruce", "beech")),
+    "flower":     ("flower", "flowers", ("rose", "tulip", "daisy", "lily", "orchid", "iris", "poppy", "violet", "lotus", "sunflower")),
+    "drink":      ("drink", "drinks", ("water", "tea", "coffee", "milk", "juice", "soda", "cocoa", "lemonade", "wine", "beer")),
+    "vehicle":    ("vehicle", "vehicles", ("car", "bus", "truck", "bicycle", "train", "boat", "plane", "tram", "van", "scooter", "taxi")),
+    "body_part":  ("body part", "body parts", ("arm", "leg", "hand", "foot", "head", "nose", "ear", "eye", "knee", "elbow", "shoulder", "neck")),
+}
+# fmt: on
+
+PHRASINGS: tuple[str, ...] = (
+    "Name {k} {noun}.",
+    "Can you list {k} {noun}?",
+    "List {k} {noun}.",
+    "Give me {k} {noun}.",
+    "What are {k} {noun}?",
+    "Tell me {k} {noun}, please.",
+    "Please name {k} {noun}.",
+    "I need {k} {noun}.",
+)
+OPENERS: tuple[str, ...] = ("", "Hi! ", "Quick question. ", "Help me out. ")
+NUMBER_WORDS = ("one", "two", "three", "four", "five")
+MAX_K = 5
+
+HUMAN, ASSISTANT = "Human: ", "\n\nAssistant:"
+
+_NOUN_TO_CATEGORY = {}
+for _key, (_sing, _plur, _members) in CATEGORIES.items():
+    _NOUN_TO_CATEGORY[_sing] = _key
+    _NOUN_TO_CATEGORY[_plur] = _key
+ALL_MEMBERS: frozenset[str] = frozenset(m for _, _, ms in CATEGORIES.values() for m in ms)
+_REQUEST_RE = re.compile(
+    r"\b(?P<k>[1-5]|one|two|three|four|five) (?P<noun>" + "|".join(sorted(_NOUN_TO_CATEGORY, key=len, reverse=True)) + r")\b"
+)
+_WELL_FORMED_RE = re.compile(r"^ [a-z]+(?: [a-z]+)?(?:, [a-z]+(?: [a-z]+)?)*\.$")
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a prompt asks for: ``k`` members of ``category``."""
+
+    category: str
+    k: int
+
+
+def format_prompt(request_text: str) -> str:
+    """Wrap a user request in the world's ``Human: ... Assistant:`` format."""
+    return f"{HUMAN}{request_text}{ASSISTANT}"
+
+
+def format_answer(items: list[str]) -> str:
+    """The canonical well-formed answer text for a list of items."""
+    return " " + ", ".join(items) + "."
+
+
+def make_prompt(rng: random.Random, category: str | None = None, k: int | None = None, split: str = "all") -> tuple[str, Request]:
+    """Draw one prompt; ``split`` is "train", "heldout" or "all" (see :func:`split_of`)."""
+    while True:
+        cat = category or rng.choice(sorted(CATEGORIES))
+        kk = k or rng.randint(1, MAX_K)
+        phrasing = rng.randrange(len(PHRASINGS))
+        opener = rng.randrange(len(OPENERS))
+        if split == "all" or split_of(cat, kk, phrasing, opener) == split:
+            break
+    sing, plur, _ = CATEGORIES[cat]
+    noun = sing if kk == 1 else plur
+    number = NUMBER_WORDS[kk - 1] if (phrasing + opener) % 2 else str(kk)
+    text = OPENERS[opener] + PHRASINGS[phrasing].format(k=number, noun=noun)
+    return format_prompt(text), Request(cat, kk)
+
+
+def split_of(category: str, k: int, phrasing: int, opener: int) -> str:
+    """Deterministic 80/20 split of prompt templates, so held-out prompts are never trained on."""
+    h = sum(ord(c) for c in category) * 31 + k * 7 + phrasing * 13 + opener * 101
+    return "heldout" if h % 5 == 0 else "train"
+
+
+def parse_request(prompt: str) -> Request:
+    """Recover (category, k) from a prompt of this world; raises ``ValueError`` otherwise."""
+    human = prompt.rsplit(HUMAN, 1)[-1]
+    m = _REQUEST_RE.search(human)
+    if m is None:
+        raise ValueError(f"not a prompt of the lists world: {prompt!r}")
+    k = m["k"]
+    k = int(k) if k.isdigit() else NUMBER_WORDS.index(k) + 1
+    return Request(_NOUN_TO_CATEGORY[m["noun"]], k)
+
+
+def parse_items(completion: str) -> list[str]:
+    """Split an answer into lower-cased items; an empty answer has no items."""
+    text = completion.strip().rstrip(".").strip()
+    if not text:
+        return []
+    return [item.strip().lower() for item in re.split(r",|\band\b", text) if item.strip()]
+
+
+def utility(prompt: str, completion: str, ended: bool = True, extra: int = 0) -> float:
+    """The gold reward (``extra = 0``) or an annotator group's utility; formula in the module doc."""
+    req = parse_request(prompt)
+    want = req.k + extra
+    members = set(CATEGORIES[req.category][2])
+    items = parse_items(completion)
+    seen: set[str] = set()
+    correct = wrong = dup = 0
+    for item in items:
+        if item in seen:
+            dup += 1
+            continue
+        seen.add(item)
+        if item in members:
+            correct += 1
+        else:
+            wrong += 1
+    well_formed = bool(items) and _WELL_FORMED_RE.match(completion) is not None and all(i in ALL_MEMBERS for i in items)
+    return round(  # rounded so that a perfect answer is exactly 1.0, not 1.0000000000000002
+        0.8 * min(correct, want) / want + 0.2 * well_formed - 0.2 * wrong - 0.2 * dup - 0.1 * abs(len(items) - want) - 0.5 * (not ended),
+        12,
+    )
+
+
+def gold_reward(prompt: str, completion: str, ended: bool = True) -> float:
+    """The world's gold reward; ``ended`` is False when the completion never emitted EOS."""
+    return utility(prompt, completion, ended)
+
+
+def is_well_formed(completion: str) -> bool:
+    items = parse_items(completion)
+    return bool(items) and _WELL_FORMED_RE.match(completion) is not None and all(i in ALL_MEMBERS for i in items)
+
+
+# --------------------------------------------------------------------------------------------
+# The noisy demonstrator
+
+
+@dataclass(frozen=True)
+class Demonstrator:
+    """A noisy human demonstrator: often the wrong count, sometimes a wrong or repeated item."""
+
+    p_wrong_count: float = 0.5
+    p_wrong_item: float = 0.25
+    p_repeat: float = 0.2
+
+    def answer(self, prompt: str, rng: random.Random) -> str:
+        req = parse_request(prompt)
+        members = list(CATEGORIES[req.category][2])
+        n = req.k
+        if rng.random() < self.p_wrong_count:
+            n = max(1, n + rng.choice((-2, -1, 1, 1, 2)))
+        items = rng.sample(members, min(n, len(members)))
+        if rng.random() < self.p_wrong_item:
+            others = sorted(ALL_MEMBERS - set(members))
+            items[rng.randrange(len(items))] = rng.choice(others)
+        if rng.random() < self.p_repeat and len(items) >= 1:
+            items.insert(rng.randrange(len(items) + 1), rng.choice(items))
+        return format_answer(items)
+
+
+def perfect_answer(prompt: str, rng: random.Random) -> str:
+    req = parse_request(prompt)
+    return format_answer(rng.sample(list(CATEGORIES[req.category][2]), req.k))
+
+
+# --------------------------------------------------------------------------------------------
+# Data sets
+
+
+def prompts(n: int, seed: int, split: str = "train") -> list[dict]:
+    """``n`` prompt records ``{"prompt"}`` from ``split`` ("train", "heldout" or "all")."""
+    rng = random.Random(f"prompts-{seed}-{split}")
+    return [{"prompt": make_prompt(rng, split=split)[0]} for _ in range(n)]
+
+
+def sft_data(n: int, seed: int, demonstrator: Demonstrator = Demonstrator()) -> list[dict]:
+    """``n`` demonstrations ``{"prompt", "completion"}`` written by the noisy demonstrator."""
+    rng = random.Random(f"sft-{seed}")
+    rows = []
+    for _ in range(n):
+        prompt, _ = make_prompt(rng, split="train")
+        rows.append({"prompt": prompt, "completion": demonstrator.answer(prompt, rng)})
+    return rows
+
+
+_CORPUS_TEMPLATES = (
+    "{m} is a {s}.",
+    "Some {p} are {list}.",
+    "Examples of {p} include {list}.",
+    "My favourite {s} is {m}.",
+    "I saw a {m} today.",
+    "The {m} and the {m2} are both {p}.",
+    "Which {s} do you like? I like {m}.",
+)
+
+
+def corpus(n: int, seed: int) -> list[dict]:
+    """A pretraining corpus ``{"text"}`` about the world: facts, lists and the request phrasings.
+
+    It teaches the words, the categories and the chat format (requests followed by chit-chat),
+    but never shows a request answered, so the base model knows the world without the task.
+    """
+    rng = random.Random(f"corpus-{seed}")
+    rows = []
+    keys = sorted(CATEGORIES)
+    for _ in range(n):
+        cat = rng.choice(keys)
+        s, p, members = CATEGORIES[cat]
+        kind = rng.random()
+        if kind < 0.75:
+            sents = []
+            for _ in range(rng.randint(1, 3)):
+                m, m2 = rng.sample(members, 2)
+                lst = ", ".join(rng.sample(members, rng.randint(2, 4)))
+                sents.append(rng.choice(_CORPUS_TEMPLATES).format(m=m, m2=m2, s=s, p=p, list=lst))
+            text = " ".join(sents)
+            text = text[0].upper() + text[1:]
+        else:
+            prompt, _ = make_prompt(rng)
+            m = rng.choice(members)
+            reply = rng.choice((f" I like {p}.", f" {m.capitalize()} is a {s}.", " Sure.", f" Let me think about {p}."))
+            text = prompt + reply
+        rows.append({"text": text})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Simulated annotators
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+@dataclass(frozen=True)
+class Annotator:
+    """A Bradley–Terry annotator: ``P(a > b) = sigmoid((u(a) - u(b)) / tau)``.
+
+    ``extra`` selects the group's utility (0 = the gold reward, see the module doc).
+    """
+
+    tau: float = 0.1
+    extra: int = 0
+    group: str = "majority"
+
+    def utility(self, prompt: str, completion: str, ended: bool = True) -> float:
+        return utility(prompt, completion, ended, self.extra)
+
+    def p_prefers_a(self, prompt: str, a: str, b: str, a_ended: bool = True, b_ended: bool = True) -> float:
+        return sigmoid((self.utility(prompt, a, a_ended) - self.utility(prompt, b, b_ended)) / self.tau)
+
+    def prefers_a(self, prompt: str, a: str, b: str, rng: random.Random, a_ended: bool = True, b_ended: bool = True) -> bool:
+        return rng.random() < self.p_prefers_a(prompt, a, b, a_ended, b_ended)
+
+
+def bayes_optimal_accuracy(probs: list[float]) -> float:
+    """Best accuracy any model can reach on BT labels with these ``P(a > b)``: ``E[max(p, 1-p)]``."""
+    return sum(max(p, 1.0 - p) for p in probs) / len(probs)
+
+
+DEFAULT_GROUPS: tuple[tuple[Annotator, float], ...] = (
+    (Annotator(extra=0, group="majority"), 0.7),
+    (Annotator(extra=2, group="minority"), 0.3),
+)

@@ -1,0 +1,116 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from preftune.config import TrainConfig
+from preftune.data import encode
+from preftune.loop import latest_checkpoint, lr_factor, train
+from preftune.methods.sft import SFT
+from preftune.models import build_model
+
+
+def _method(tokenizer, rows, batch_size=8):
+    encs = [encode(tokenizer, r["prompt"], r["completion"], 64) for r in rows]
+    return SFT(encs[8:], tokenizer.pad_token_id, batch_size, seed=3, held_out=encs[:8])
+
+
+def _cfg(out, **kw):
+    base = dict(out=str(out), max_steps=10, batch_size=8, lr=3e-3, save_every=3, log_every=1, eval_every=5, progress=False, seed=1)
+    return TrainConfig(**{**base, **kw})
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resumed_run_ends_with_the_same_parameters_as_an_uninterrupted_one(tmp_path, tokenizer, world_rows):
+    full = build_model(tokenizer, size="micro", seed=0)
+    train(full, _method(tokenizer, world_rows), _cfg(tmp_path / "full"))
+
+    part = build_model(tokenizer, size="micro", seed=0)
+
+    def stop(step):
+        if step == 7:  # checkpoints at 3 and 6; step 7's work is lost, as after kill -9
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(part, _method(tokenizer, world_rows), _cfg(tmp_path / "part"), on_step=stop)
+    assert latest_checkpoint(tmp_path / "part").name == "step-0000006"
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(part, _method(tokenizer, world_rows), _cfg(tmp_path / "part"))
+
+    resumed = build_model(tokenizer, size="micro", seed=123)  # different init: everything must come from the checkpoint
+    train(resumed, _method(tokenizer, world_rows), _cfg(tmp_path / "part", resume=True))
+    for (name, a), (_, b) in zip(full.named_parameters(), resumed.named_parameters()):
+        assert torch.equal(a, b), name
+    steps = [json.loads(line)["step"] for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 11))  # step 7's row from the interrupted run was dropped
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, tokenizer, world_rows):
+    """Loss is normalised over all tokens of the accumulated batch, not averaged per micro-batch:
+    the gradient the optimiser sees is the same for 1 x 16 and 4 x 4."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    grads = []
+    handle = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: grads.append([p.grad.clone() for g in opt.param_groups for p in g["params"]])
+    )
+    try:
+        rows = world_rows[:24]  # 8 held out, 16 train
+        for batch_size, accum in ((16, 1), (4, 4)):
+            model = build_model(tokenizer, size="micro", seed=0)
+            cfg = _cfg(tmp_path / f"b{batch_size}", max_steps=1, eval_every=0, grad_accum=accum)
+            train(model, _method(tokenizer, rows, batch_size=batch_size), cfg)
+    finally:
+        handle.remove()
+    assert len(grads) == 2
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-4)
+    # and the micro-batches really differ in token counts, so a per-micro-batch mean would not match
+    sizes = {sum(len(e.input_ids) - e.n_prompt for e in mb) for mb in _method(tokenizer, rows, batch_size=4).batches(0)}
+    assert len(sizes) > 1
+
+
+def test_lr_schedule_warms_up_then_decays():
+    assert [round(lr_factor(s, 10, 2, "linear"), 3) for s in range(10)] == [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]
+    assert lr_factor(2, 10, 2, "cosine") == 1.0 and lr_factor(9, 10, 2, "cosine") < 0.05
+    assert lr_factor(5, 10, 0, "constant") == 1.0
+
+
+@pytest.mark.slow
+def test_kill_minus_9_then_resume_via_the_cli(tmp_path):
+    """A real SFT run killed with SIGKILL mid-training resumes and matches an uninterrupted run."""
+    env = {**os.environ, "PREFTUNE_THREADS": "1"}
+    cli = [sys.executable, "-m", "preftune.cli"]
+    subprocess.run([*cli, "world", "--out", str(tmp_path / "w"), "--corpus", "400", "--sft", "600"], check=True, env=env)
+    subprocess.run(
+        [*cli, "pretrain", "--data", str(tmp_path / "w/corpus.jsonl"), "--out", str(tmp_path / "base"), "--size", "micro",
+         "--vocab-size", "400", "--max-steps", "5", "--no-progress"],
+        check=True, env=env,
+    )  # fmt: skip
+    sft = [*cli, "sft", "--model", str(tmp_path / "base"), "--data", str(tmp_path / "w/sft.jsonl"), "--max-steps", "60", "--batch-size", "8",
+           "--save-every", "5", "--no-progress"]  # fmt: skip
+    subprocess.run([*sft, "--out", str(tmp_path / "full")], check=True, env=env)
+
+    proc = subprocess.Popen([*sft, "--out", str(tmp_path / "killed")], env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "killed/checkpoints/step-0000015").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest_checkpoint(tmp_path / "killed") is not None
+    subprocess.run([*sft, "--out", str(tmp_path / "killed"), "--resume"], check=True, env=env)
+
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(tmp_path / "full/model.safetensors")), load_file(str(tmp_path / "killed/model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -1,0 +1,46 @@
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from preftune.models import add_lora, build_model, save_model
+
+
+def _greedy(model, tok, prompt):
+    ids = tok(prompt, return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+    return out[0, ids["input_ids"].shape[1] :]
+
+
+def test_tokenizer_has_distinct_eos_and_pad(tokenizer):
+    assert tokenizer.eos_token_id is not None and tokenizer.pad_token_id is not None
+    assert tokenizer.eos_token_id != tokenizer.pad_token_id
+    assert tokenizer.decode(tokenizer(" apple, pear.")["input_ids"]) == " apple, pear."
+
+
+def test_saved_model_loads_with_plain_transformers_and_generates(tmp_path, tokenizer):
+    for arch in ("llama", "gpt2"):
+        model = build_model(tokenizer, size="micro", arch=arch).eval()
+        save_model(model, tokenizer, tmp_path / arch)
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path / arch).eval()
+        tok = AutoTokenizer.from_pretrained(tmp_path / arch)
+        assert tok.eos_token_id == tokenizer.eos_token_id and tok.chat_template == tokenizer.chat_template
+        prompt = "Human: Name 2 fruits.\n\nAssistant:"
+        new = _greedy(loaded, tok, prompt)
+        assert len(new) >= 1
+        assert torch.equal(new, _greedy(model, tokenizer, prompt))
+
+
+def test_lora_model_saves_merged_weights_and_the_adapter(tmp_path, tokenizer):
+    model = add_lora(build_model(tokenizer, size="micro"))
+    with torch.no_grad():  # make the adapter non-trivial (B starts at zero)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    ids = tokenizer("Human: Name 2 fruits.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    save_model(model, tokenizer, tmp_path / "m")
+    assert (tmp_path / "m" / "adapter" / "adapter_config.json").exists()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    assert not any("lora" in n for n, _ in loaded.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, expected, atol=1e-4, rtol=1e-4)

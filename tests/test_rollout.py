@@ -1,0 +1,49 @@
+import torch
+
+from preftune.config import GenerateConfig
+from preftune.data import Encoded, collate
+from preftune.logprobs import completion_logps
+from preftune.rollout import _filter_logits, sample
+
+PROMPTS = [
+    "Human: Name 2 fruits.\n\nAssistant:",
+    "Human: Hi! Can you list four planets?\n\nAssistant:",
+    "Human: List one tool.\n\nAssistant:",
+]
+
+
+def test_sampling_logps_equal_recomputed_training_logps(model, tokenizer):
+    """The log-probs returned while sampling equal those of the training forward at the same
+    temperature, over exactly the sampled ids (EOS included)."""
+    cfg = GenerateConfig(max_new_tokens=12, temperature=0.8, seed=3)
+    samples = sample(model, tokenizer, PROMPTS, cfg, n=2)
+    encs = [Encoded(tuple(tokenizer(s.prompt)["input_ids"]) + s.completion_ids, len(tokenizer(s.prompt)["input_ids"])) for s in samples]
+    with torch.no_grad():
+        lp = completion_logps(model, collate(encs, tokenizer.pad_token_id), temperature=0.8)
+    torch.testing.assert_close(lp.logps, torch.tensor([s.logp for s in samples]), atol=1e-4, rtol=1e-5)
+
+
+def test_sampling_is_seeded_and_truncates_after_eos(model, tokenizer):
+    cfg = GenerateConfig(max_new_tokens=10, seed=5)
+    a, b = sample(model, tokenizer, PROMPTS, cfg, n=3), sample(model, tokenizer, PROMPTS, cfg, n=3)
+    assert a == b
+    eos = tokenizer.eos_token_id
+    for s in a:
+        assert eos not in s.completion_ids[:-1]  # nothing after the first EOS
+        assert s.ended == (s.completion_ids[-1] == eos)
+        assert len(s.completion_ids) <= 10
+    assert [s.prompt for s in a] == [p for p in PROMPTS for _ in range(3)]
+
+
+def test_batched_greedy_equals_one_at_a_time(model, tokenizer):
+    cfg = GenerateConfig(max_new_tokens=8, temperature=0.0, batch_size=8)
+    together = sample(model, tokenizer, PROMPTS, cfg)
+    alone = [sample(model, tokenizer, [p], cfg)[0] for p in PROMPTS]
+    assert [s.completion_ids for s in together] == [s.completion_ids for s in alone]
+
+
+def test_top_k_and_top_p_filtering():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(_filter_logits(logits, 2, 1.0)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(_filter_logits(logits, 0, 0.7)).tolist() == [[False, False, True, True]]  # 0.5 + 0.3 reaches 0.7
+    assert torch.isinf(_filter_logits(logits, 0, 0.45)).tolist() == [[False, True, True, True]]
