@@ -95,7 +95,7 @@ def test_kill_minus_9_then_resume_via_the_cli(tmp_path):
          "--vocab-size", "400", "--max-steps", "5", "--no-progress"],
         check=True, env=env,
     )  # fmt: skip
-    sft = [*cli, "sft", "--model", str(tmp_path / "base"), "--data", str(tmp_path / "w/sft.jsonl"), "--max-steps", "60", "--batch-size", "8",
+    sft = [*cli, "sft", "--model", str(tmp_path / "base"), "--data", str(tmp_path / "w/sft.jsonl"), "--max-steps", "150", "--batch-size", "8",
            "--save-every", "5", "--no-progress"]  # fmt: skip
     subprocess.run([*sft, "--out", str(tmp_path / "full")], check=True, env=env)
 
@@ -105,7 +105,9 @@ def test_kill_minus_9_then_resume_via_the_cli(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # killed mid-run, not finished
     assert latest_checkpoint(tmp_path / "killed") is not None
+    assert not (tmp_path / "killed/config.json").exists()
     subprocess.run([*sft, "--out", str(tmp_path / "killed"), "--resume"], check=True, env=env)
 
     from safetensors.torch import load_file

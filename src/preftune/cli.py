@@ -43,13 +43,25 @@ def _build(default: Any, ns: argparse.Namespace) -> Any:
 
 
 def _commands() -> dict[str, tuple[str, Any, Any]]:
-    from . import demo, stages, world
+    from . import demo, preferences, stages, world
 
     return {
         "world": ("write the built-in world's data files (corpus, demonstrations, prompts)", world.WorldConfig(), world.write_world),
         "pretrain": ("train a tokenizer and a tiny base LM from scratch on a text corpus", PretrainConfig(), stages.pretrain),
         "sft": ("supervised fine-tuning on demonstrations (completion-only loss; --lora)", SFTConfig(), stages.sft),
         "generate": ("sample completions for prompts", stages.GenerateCommand(), stages.generate),
+        "sample": ("K completions per prompt, ready for labelling", preferences.SampleCommand(), preferences.sample_sets),
+        "annotate": (
+            "label sampled sets (--simulated: the world's Bradley–Terry annotators)",
+            preferences.AnnotateCommand(),
+            preferences.annotate,
+        ),
+        "reward": (
+            "train a Bradley–Terry reward model from pi_SFT, centre it, evaluate it",
+            preferences.RewardConfig(),
+            preferences.reward,
+        ),
+        "score": ("score (prompt, completion) rows with a reward model", preferences.ScoreCommand(), preferences.score),
         "eval": ("gold reward, length, diversity of policies on the lists world", stages.EvalCommand(), stages.evaluate),
         "demo": ("the whole pipeline on the built-in world, with a report", demo.DemoConfig(), demo.demo),
     }
@@ -66,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     _, default, run = commands[ns.command]
     cfg = _build(default, ns)
     for f in dataclasses.fields(cfg):  # required inputs are the empty-string path fields named here
-        if f.name in ("data", "model", "prompts") and getattr(cfg, f.name) in ("", ()):
+        if f.name in ("data", "model", "prompts", "samples", "reward") and getattr(cfg, f.name) in ("", ()):
             parser.error(f"{ns.command}: --{f.name} is required")
     try:
         run(cfg)

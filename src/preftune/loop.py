@@ -51,6 +51,10 @@ class Method(Protocol):
         ...
 
 
+# A method may also name the held-out metric that early stopping watches, e.g.
+# ``monitor = ("accuracy", "max")``; without it, ``patience`` watches ``("loss", "min")``.
+
+
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     """Multiplier of the peak learning rate at optimiser step ``step`` (0-based)."""
     if step < warmup:
@@ -83,7 +87,7 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(out: Path, model, optimizer, state: dict, keep: int = 2) -> Path:
+def save_checkpoint(out: Path, model, optimizer, state: dict, best: dict | None = None, keep: int = 2) -> Path:
     """Write ``out/checkpoints/step-N`` atomically: everything goes to a temp dir, then one rename."""
     root = out / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
@@ -92,6 +96,8 @@ def save_checkpoint(out: Path, model, optimizer, state: dict, keep: int = 2) -> 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(_trainable_state(model), str(tmp / "model.safetensors"))
+    if best is not None:
+        save_file(best, str(tmp / "best.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "py_rng": random.getstate()}, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(state))
     for f in tmp.iterdir():  # make the files durable before the rename publishes them
@@ -109,18 +115,24 @@ def latest_checkpoint(out: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def load_checkpoint(path: Path, model, optimizer) -> dict:
+def _load_params(model, values: dict[str, torch.Tensor], where: Path) -> None:
     params = dict(model.named_parameters())
-    for name, value in load_file(str(path / "model.safetensors")).items():
+    for name, value in values.items():
         if name not in params:
-            raise ValueError(f"{path}: checkpoint holds {name!r}, which this model does not have")
+            raise ValueError(f"{where}: checkpoint holds {name!r}, which this model does not have")
         with torch.no_grad():
             params[name].copy_(value)
+
+
+def load_checkpoint(path: Path, model, optimizer) -> tuple[dict, dict | None]:
+    """Restore model, optimiser and RNG; returns the loop state and the best weights (if kept)."""
+    _load_params(model, load_file(str(path / "model.safetensors")), path)
     blob = torch.load(path / "optimizer.pt", weights_only=False)
     optimizer.load_state_dict(blob["optimizer"])
     torch.set_rng_state(blob["torch_rng"])
     random.setstate(blob["py_rng"])
-    return json.loads((path / "state.json").read_text())
+    best = load_file(str(path / "best.safetensors")) if (path / "best.safetensors").exists() else None
+    return json.loads((path / "state.json").read_text()), best
 
 
 # ---------------------------------------------------------------------------------- the loop
@@ -159,10 +171,12 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
     total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
     warmup = int(cfg.warmup * total)
 
-    state = {"step": 0, "epoch": 0, "step_in_epoch": 0}
+    state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best": None, "bad_evals": 0}
+    monitor, mode = getattr(method, "monitor", ("loss", "min"))
+    best: dict[str, torch.Tensor] | None = None  # weights at the best held-out metric
     ckpt = latest_checkpoint(out)
     if cfg.resume and ckpt is not None:
-        state = load_checkpoint(ckpt, model, optimizer)
+        state, best = load_checkpoint(ckpt, model, optimizer)
         print(f"resuming from {ckpt} (step {state['step']} of {total})")
     elif ckpt is not None:
         raise FileExistsError(f"{out} holds checkpoints of an earlier run; pass --resume to continue it or choose another --out")
@@ -176,7 +190,7 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
     start = time.perf_counter()
     last: dict[str, float] = {}
     model.train()
-    while state["step"] < total:
+    while state["step"] < total and not state.get("stopped_early"):
         micro = method.batches(state["epoch"])
         groups = [micro[i : i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)]
         for group in groups[state["step_in_epoch"] :]:
@@ -205,6 +219,16 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
             row = {"loss/train": loss_sum / max(count, 1e-12), "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"], **sums}
             if cfg.eval_every and state["step"] % cfg.eval_every == 0 or done:
                 row.update({f"eval/{k}": v for k, v in _evaluate(model, method).items()})
+                if cfg.patience and f"eval/{monitor}" in row:
+                    value = row[f"eval/{monitor}"]
+                    if state["best"] is None or (value > state["best"] if mode == "max" else value < state["best"]):
+                        state["best"], state["bad_evals"] = value, 0
+                        best = {k: v.clone() for k, v in _trainable_state(model).items()}
+                    else:
+                        state["bad_evals"] += 1
+                        if state["bad_evals"] >= cfg.patience:
+                            print(f"early stopping at step {state['step']}: eval/{monitor} has not improved for {cfg.patience} evaluations")
+                            done, state["stopped_early"] = True, True
             if state["step"] % cfg.log_every == 0 or done or any(k.startswith("eval/") for k in row):
                 last = {
                     "step": state["step"],
@@ -214,16 +238,20 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
                 }
                 log.write(last)
             if cfg.save_every and state["step"] % cfg.save_every == 0 or done:
-                save_checkpoint(out, model, optimizer, state)
+                save_checkpoint(out, model, optimizer, state, best)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss/train']:.4f}")
             if on_step is not None:
                 on_step(state["step"])
-            if done:
+            if done or state.get("stopped_early"):
                 break
     if bar is not None:
         bar.close()
+    if cfg.patience and best is not None:
+        _load_params(model, best, out)
+        last = {**last, f"best/eval/{monitor}": state["best"]}
+        print(f"kept the weights with the best eval/{monitor} = {state['best']:.4f}")
     model.eval()
     return last
 

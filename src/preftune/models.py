@@ -21,8 +21,12 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+from transformers.utils import logging as hf_logging
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local path must never turn into a download
+# Loading a local tiny model needs no progress bar, and a reward model's fresh head is expected.
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 
@@ -42,7 +46,7 @@ SIZES: dict[str, dict[str, int]] = {
     # name: width, layers, heads, mlp width, context
     "micro": dict(hidden=64, layers=2, heads=4, mlp=128, context=128),  # tests
     "tiny": dict(hidden=128, layers=4, heads=4, mlp=384, context=256),
-    "tiny-wide": dict(hidden=192, layers=4, heads=6, mlp=512, context=256),
+    "tiny-deep": dict(hidden=128, layers=6, heads=4, mlp=384, context=256),
     "small": dict(hidden=256, layers=6, heads=8, mlp=768, context=512),
 }
 
@@ -148,3 +152,69 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path:
 
 def n_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# ---------------------------------------------------------------------------------- reward model
+
+REWARD_OFFSET_KEY = "preftune_reward_offset"
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each row, whatever the padding side. (B, T) -> (B,)."""
+    T = attention_mask.shape[1]
+    return T - 1 - attention_mask.long().flip(-1).argmax(-1)
+
+
+class RewardModel(torch.nn.Module):
+    """The policy's transformer with the unembedding replaced by a scalar head.
+
+    Wraps a ``*ForSequenceClassification`` model with one label: the score is the head applied
+    to the hidden state of the last real token (the EOS of a finished completion), minus a
+    stored ``offset`` that centres reference-policy samples at 0.
+    """
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.model = model
+        self.config = model.config
+
+    @property
+    def offset(self) -> float:
+        return float(getattr(self.config, REWARD_OFFSET_KEY, 0.0))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Scores (B,) for padded sequences (B, T) padded on either side."""
+        from .logprobs import position_ids
+
+        hidden = self.model.base_model(
+            input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=position_ids(attention_mask), use_cache=False
+        ).last_hidden_state  # (B, T, H)
+        last = hidden[torch.arange(hidden.shape[0]), last_token_index(attention_mask)]  # (B, H)
+        return self.model.score(last).squeeze(-1).float() - self.offset
+
+
+def build_reward_model(policy_dir: str | Path, seed: int = 0) -> tuple[RewardModel, PreTrainedTokenizerBase]:
+    """A reward model initialised from a policy: same transformer, a fresh zero-mean scalar head."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(str(policy_dir), num_labels=1, local_files_only=True)
+    tokenizer = load_tokenizer(policy_dir)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    with torch.no_grad():
+        model.score.weight.normal_(0.0, 1.0 / (model.config.hidden_size + 1) ** 0.5)
+    return RewardModel(model), tokenizer
+
+
+def load_reward_model(path: str | Path) -> tuple[RewardModel, PreTrainedTokenizerBase]:
+    """Load a reward model saved by preftune. Plain ``AutoModelForSequenceClassification`` loads
+    it too; its ``logits[:, 0]`` then equal preftune's score plus ``config.preftune_reward_offset``."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path}: no reward model here (expected config.json)")
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
+    if model.config.num_labels != 1:
+        raise ValueError(f"{path}: not a reward model (num_labels = {model.config.num_labels}, expected 1)")
+    return RewardModel(model).eval(), load_tokenizer(path)

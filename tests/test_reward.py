@@ -1,0 +1,99 @@
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from preftune.config import TrainConfig
+from preftune.data import Comparison, Ranking, collate, encode
+from preftune.loop import train
+from preftune.methods.reward import RewardTraining, to_units
+from preftune.models import RewardModel, build_reward_model, load_reward_model, save_model
+from preftune.preferences import score_texts, spearman
+from preftune.world import lists
+
+
+@pytest.fixture()
+def policy_dir(tmp_path, model, tokenizer):
+    save_model(model, tokenizer, tmp_path / "policy")
+    return tmp_path / "policy"
+
+
+def test_score_is_identical_under_padding_side_and_batch_composition(policy_dir, tokenizer, world_rows):
+    rm, _ = build_reward_model(policy_dir)
+    rm.eval()
+    encs = [encode(tokenizer, r["prompt"], r["completion"], 64) for r in world_rows[:6]]
+    with torch.no_grad():
+        right = rm(*_ids(collate(encs, tokenizer.pad_token_id, "right")))
+        left = rm(*_ids(collate(encs, tokenizer.pad_token_id, "left")))
+        alone = torch.cat([rm(*_ids(collate([e], tokenizer.pad_token_id))) for e in encs])
+        shuffled = rm(*_ids(collate(encs[::-1], tokenizer.pad_token_id)))
+    torch.testing.assert_close(right, left, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(right, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(right, shuffled.flip(0), atol=1e-5, rtol=1e-5)
+    assert right.std() > 0  # a constant score would pass the checks above trivially
+
+
+def _ids(batch):
+    return batch.input_ids, batch.attention_mask
+
+
+def test_saved_reward_model_loads_with_plain_transformers(tmp_path, policy_dir, tokenizer):
+    rm, _ = build_reward_model(policy_dir)
+    rm.config.preftune_reward_offset = 0.25
+    save_model(rm.model, tokenizer, tmp_path / "rm")
+    ours, tok = load_reward_model(tmp_path / "rm")
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    pairs = [("Human: Name 2 fruits.\n\nAssistant:", " apple, pear."), ("Human: List one tool.\n\nAssistant:", " saw, saw, saw.")]
+    scores = score_texts(ours, tok, pairs)
+    batch = collate([encode(tok, p, c, 64) for p, c in pairs], tok.pad_token_id)
+    with torch.no_grad():
+        logits = plain(input_ids=batch.input_ids, attention_mask=batch.attention_mask.long()).logits[:, 0]
+    torch.testing.assert_close(scores, logits - 0.25, atol=1e-5, rtol=1e-5)
+
+
+def _world_sets(n, k, seed):
+    """n prompts, k answers each (correct items, different counts), with their gold utilities."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        prompt, req = lists.make_prompt(rng, split="train")
+        members = list(lists.CATEGORIES[req.category][2])
+        comps = [lists.format_answer(rng.sample(members, m)) for m in rng.sample(range(1, 8), k)]
+        out.append((prompt, comps, [lists.gold_reward(prompt, c) for c in comps]))
+    return out
+
+
+def test_rankings_and_pairs_from_the_same_utilities_train_to_the_same_ordering(tmp_path, policy_dir, tokenizer):
+    """40 prompts with 3 answers each, ordered by the gold utility: as rankings of 3, or as their
+    3 pairs. Both fits order every training set the same way, which is the gold way."""
+    sets = _world_sets(40, 3, seed=0)
+    rankings, pairs = [], []
+    for p, c, u in sets:
+        order = sorted(range(3), key=lambda i: -u[i])
+        rankings.append(Ranking(p, tuple(c), tuple(order)))
+        pairs += [Comparison(p, c[w], c[l]) for w, l in [(order[0], order[1]), (order[0], order[2]), (order[1], order[2])]]
+    orders = []
+    for name, records, bs in (("rank", rankings, 4), ("pair", pairs, 12)):  # the same 12 pairs per step
+        rm, _ = build_reward_model(policy_dir, seed=0)
+        units = to_units(records, tokenizer, 64, 48, use_strength=False)
+        cfg = TrainConfig(out=str(tmp_path / name), epochs=25, batch_size=bs, lr=2e-3, progress=False, save_every=0)
+        train(rm, RewardTraining(units, [], tokenizer.pad_token_id, bs, seed=0), cfg)
+        orders.append([tuple(score_texts(rm, tokenizer, [(p, x) for x in c]).argsort(descending=True).tolist()) for p, c, _ in sets])
+    gold = [tuple(sorted(range(3), key=lambda i: -u[i])) for _, _, u in sets]
+    agree = [sum(a == b for a, b in zip(o, gold)) / len(sets) for o in orders]
+    assert min(agree) >= 0.9, agree
+    assert sum(a == b for a, b in zip(*orders)) / len(sets) >= 0.9
+
+
+def test_spearman_hand_values():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)  # tie gets rank 0.5
+
+
+def test_reward_model_is_the_policy_transformer_with_a_scalar_head(policy_dir, model):
+    rm, _ = build_reward_model(policy_dir)
+    assert isinstance(rm, RewardModel) and rm.model.score.out_features == 1
+    policy_layer = dict(model.named_parameters())["model.layers.0.self_attn.q_proj.weight"]
+    assert torch.equal(dict(rm.model.named_parameters())["model.layers.0.self_attn.q_proj.weight"], policy_layer)
