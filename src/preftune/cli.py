@@ -43,7 +43,7 @@ def _build(default: Any, ns: argparse.Namespace) -> Any:
 
 
 def _commands() -> dict[str, tuple[str, Any, Any]]:
-    from . import demo, preferences, stages, world
+    from . import demo, direct, preferences, stages, world
 
     return {
         "world": ("write the built-in world's data files (corpus, demonstrations, prompts)", world.WorldConfig(), world.write_world),
@@ -62,6 +62,7 @@ def _commands() -> dict[str, tuple[str, Any, Any]]:
             preferences.reward,
         ),
         "score": ("score (prompt, completion) rows with a reward model", preferences.ScoreCommand(), preferences.score),
+        "dpo": ("direct preference optimisation: dpo, cdpo, ipo, hinge, soft, unlikelihood", direct.DPOConfig(), direct.dpo),
         "eval": ("gold reward, length, diversity of policies on the lists world", stages.EvalCommand(), stages.evaluate),
         "demo": ("the whole pipeline on the built-in world, with a report", demo.DemoConfig(), demo.demo),
     }

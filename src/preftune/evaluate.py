@@ -12,6 +12,10 @@ import random
 import statistics
 from collections.abc import Sequence
 
+import torch
+
+from .data import Encoded, collate
+from .logprobs import completion_logps
 from .rollout import Sample
 from .world import lists
 
@@ -56,18 +60,52 @@ def evaluate_samples(samples: Sequence[Sample]) -> dict[str, float]:
     )
 
 
-def evaluate_demonstrator(prompts: Sequence[str], tokenizer, seed: int = 0) -> dict[str, float]:
-    """The noisy demonstrator's metrics on the same prompts (its answers always end)."""
+def demonstrator_samples(prompts: Sequence[str], seed: int = 0) -> list[Sample]:
+    """The noisy demonstrator's answers to ``prompts`` (they always end)."""
     rng = random.Random(f"demonstrator-eval-{seed}")
     demo = lists.Demonstrator()
-    answers = [demo.answer(p, rng) for p in prompts]
+    return [Sample(p, demo.answer(p, rng), (), True, 0.0) for p in prompts]
+
+
+def evaluate_demonstrator(prompts: Sequence[str], tokenizer, seed: int = 0) -> dict[str, float]:
+    """The noisy demonstrator's metrics on the same prompts."""
+    answers = [s.completion for s in demonstrator_samples(prompts, seed)]
     lengths = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) + 1 for a in answers]
     return summarize(prompts, answers, [True] * len(answers), lengths)
+
+
+def win_rate(samples: Sequence[Sample], reference: Sequence[Sample]) -> dict[str, float]:
+    """Share of prompts where the sample beats the reference's by gold reward (a tie counts 1/2)."""
+    scores = []
+    for s, r in zip(samples, reference, strict=True):
+        a, b = lists.gold_reward(s.prompt, s.completion, s.ended), lists.gold_reward(r.prompt, r.completion, r.ended)
+        scores.append(1.0 if a > b else 0.5 if a == b else 0.0)
+    mean, ci = mean_ci(scores)
+    return {"win_rate": mean, "win_rate_ci95": ci}
+
+
+@torch.no_grad()
+def kl_to_reference(samples: Sequence[Sample], reference, tokenizer, temperature: float = 1.0, batch_size: int = 64) -> dict[str, float]:
+    """Sequence-level Monte Carlo KL(π || π_ref) = E_{y ~ π}[log π(y|x) - log π_ref(y|x)] over the
+    policy's own samples (both at the sampling temperature); the mean and its 95% CI."""
+    diffs = []
+    for i in range(0, len(samples), batch_size):
+        chunk = samples[i : i + batch_size]
+        enc = []
+        for s in chunk:
+            prompt_ids = tuple(tokenizer(s.prompt)["input_ids"])
+            enc.append(Encoded(prompt_ids + s.completion_ids, len(prompt_ids)))
+        ref_logps = completion_logps(reference, collate(enc, tokenizer.pad_token_id), temperature).logps
+        diffs += [s.logp - float(r) for s, r in zip(chunk, ref_logps)]
+    mean, ci = mean_ci(diffs)
+    return {"kl": mean, "kl_ci95": ci}
 
 
 COLUMNS = (
     ("gold", "gold reward"),
     ("gold_ci95", "± 95% CI"),
+    ("win_rate", "win vs ref"),
+    ("kl", "KL to ref"),
     ("length", "length"),
     ("eos_rate", "EOS"),
     ("well_formed", "well-formed"),
@@ -79,8 +117,9 @@ COLUMNS = (
 def format_table(rows: dict[str, dict[str, float]]) -> str:
     """A plain-text table, one row per policy; same numbers as the JSON."""
     name_w = max(6, *(len(k) for k in rows))
-    head = f"{'policy':<{name_w}}  " + "  ".join(f"{title:>11}" for _, title in COLUMNS)
+    cols = [(key, title) for key, title in COLUMNS if any(key in m for m in rows.values())]
+    head = f"{'policy':<{name_w}}  " + "  ".join(f"{title:>11}" for _, title in cols)
     lines = [head, "-" * len(head)]
     for name, m in rows.items():
-        lines.append(f"{name:<{name_w}}  " + "  ".join(f"{m[key]:>11.3f}" for key, _ in COLUMNS))
+        lines.append(f"{name:<{name_w}}  " + "  ".join(f"{m[key]:>11.3f}" if key in m else f"{'-':>11}" for key, _ in cols))
     return "\n".join(lines)

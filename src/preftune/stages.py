@@ -6,7 +6,7 @@ import json
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -14,7 +14,7 @@ import torch
 from . import __version__
 from .config import GenerateConfig, PretrainConfig, SFTConfig, doc, save_config
 from .data import encode, encode_text, load_prompts, load_sft, load_texts, write_jsonl
-from .evaluate import evaluate_demonstrator, evaluate_samples, format_table
+from .evaluate import demonstrator_samples, evaluate_demonstrator, evaluate_samples, format_table, kl_to_reference, win_rate
 from .loop import train
 from .methods.sft import SFT
 from .models import add_lora, build_model, load_policy, load_tokenizer, n_params, save_model, train_tokenizer
@@ -109,6 +109,7 @@ def generate(cfg: GenerateCommand) -> list[dict]:
 class EvalCommand:
     model: tuple[str, ...] = doc((), "policy directories to evaluate (repeat the flag or list several)", nargs="+")
     prompts: str = doc("", "held-out prompts of the lists world, {'prompt'} rows")
+    reference: str = doc("", "reference policy (pi_SFT): adds KL to it and the gold-judged win rate against it")
     limit: int = doc(0, "use only the first N prompts (0 = all)")
     demonstrator: bool = doc(True, "also score the noisy demonstrator on the same prompts")
     json: bool = doc(False, "print one JSON object instead of the table")
@@ -116,19 +117,29 @@ class EvalCommand:
 
 
 def evaluate(cfg: EvalCommand) -> dict:
-    """Gold reward (95% CI), length, EOS rate, well-formedness and distinct-n of each policy."""
+    """Gold reward (95% CI), length, EOS rate, well-formedness and distinct-n of each policy; with
+    ``--reference``, also KL to the reference and the win rate against it."""
     _threads()
     prompts = load_prompts(cfg.prompts)
     prompts = prompts[: cfg.limit] if cfg.limit else prompts
     results: dict[str, dict] = {}
     tokenizer = None
+    ref = ref_samples = None
+    if cfg.reference:
+        ref, _ = load_policy(cfg.reference)
+        ref_samples = sample(ref, load_tokenizer(cfg.reference), prompts, replace(cfg.gen, seed=cfg.gen.seed + 1))
     for path in cfg.model:
         model, tokenizer = load_policy(path)
         t0 = time.perf_counter()
         samples = sample(model, tokenizer, prompts, cfg.gen, progress=not cfg.json)
         results[path] = {**evaluate_samples(samples), "sample_s": round(time.perf_counter() - t0, 2)}
+        if ref is not None:
+            results[path].update(kl_to_reference(samples, ref, tokenizer, cfg.gen.temperature or 1.0))
+            results[path].update(win_rate(samples, ref_samples))
     if cfg.demonstrator and tokenizer is not None:
         results["demonstrator"] = evaluate_demonstrator(prompts, tokenizer, cfg.gen.seed)
-    report = {"prompts": cfg.prompts, "n_prompts": len(prompts), "policies": results}
+        if ref_samples is not None:
+            results["demonstrator"].update(win_rate(demonstrator_samples(prompts, cfg.gen.seed), ref_samples))
+    report = {"prompts": cfg.prompts, "n_prompts": len(prompts), "reference": cfg.reference or None, "policies": results}
     print(json.dumps(report) if cfg.json else format_table(results))
     return report
