@@ -184,7 +184,8 @@ def load_comparisons(path: str | Path) -> list[Comparison | Ranking]:
                 raise DataError(path, where, f"'ranking' must be a permutation of 0..{len(comps) - 1}, got {ranking!r}")
             out.append(Ranking(prompt, tuple(comps), tuple(ranking), **meta))
             continue
-        chosen, rejected = _text(row, "chosen", path, where), _text(row, "rejected", path, where)
+        # an empty completion (EOS at once) is a legitimate thing to compare
+        chosen, rejected = _text(row, "chosen", path, where, allow_empty=True), _text(row, "rejected", path, where, allow_empty=True)
         if "prompt" in row:
             prompt = _text(row, "prompt", path, where)
         else:  # HH-RLHF: two whole transcripts sharing everything up to the last Assistant turn

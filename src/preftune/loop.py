@@ -15,6 +15,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -186,7 +187,10 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
     if cfg.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=state["step"], desc=out.name, unit="step", dynamic_ncols=True)
+        quiet_log = not sys.stderr.isatty()  # in a log file, a line every few seconds is enough
+        bar = tqdm(
+            total=total, initial=state["step"], desc=out.name, unit="step", dynamic_ncols=True, mininterval=5.0 if quiet_log else 0.1
+        )
     start = time.perf_counter()
     last: dict[str, float] = {}
     model.train()

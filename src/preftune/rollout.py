@@ -10,6 +10,7 @@ distribution (temperature applied, before top-k/top-p filtering), computed by th
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -63,7 +64,7 @@ def sample(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), desc="sampling", unit="seq", dynamic_ncols=True)
+        bar = tqdm(total=len(todo), desc="sampling", unit="seq", dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 5.0)
     for start in range(0, len(todo), cfg.batch_size):
         chunk = todo[start : start + cfg.batch_size]
         enc = [encode(tokenizer, p, "", max_prompt_length + 1, max_prompt_length, add_eos=False) for p in chunk]

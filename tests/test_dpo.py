@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from preftune.config import TrainConfig
+from preftune.data import Comparison, encode
+from preftune.direct import DPOConfig, _cached_reference, to_pairs
+from preftune.loop import train
+from preftune.methods.dpo import DirectPreference, Pair, Unlikelihood, delta_loss, reference_logps
+from preftune.world import lists
+
+
+def _pairs(tokenizer, n=12, seed=0):
+    rows = lists.sft_data(2 * n, seed=seed)
+    recs = [Comparison(a["prompt"], a["completion"], b["completion"], strength=0.75) for a, b in zip(rows[::2], rows[1::2])]
+    return to_pairs(recs, tokenizer, DPOConfig().tokens)
+
+
+def test_cached_reference_logps_equal_recomputed(tmp_path, model, tokenizer):
+    pairs = _pairs(tokenizer)
+    cfg = DPOConfig(model="m")
+    first = _cached_reference(model, pairs, tokenizer.pad_token_id, cfg, tmp_path / "ref.pt")
+    with torch.no_grad():  # perturb the model: a cache hit must not recompute with it
+        for p in model.parameters():
+            p.add_(0.1)
+    cached = _cached_reference(model, pairs, tokenizer.pad_token_id, cfg, tmp_path / "ref.pt")
+    assert cached == first
+    recomputed = reference_logps(model, pairs, tokenizer.pad_token_id, False)
+    assert [p.ref_chosen for p in recomputed] != pytest.approx([p.ref_chosen for p in first])  # the cache really was used
+    # and a fresh computation with the original weights matches the cache
+    with torch.no_grad():
+        for p in model.parameters():
+            p.sub_(0.1)
+    again = reference_logps(model, pairs, tokenizer.pad_token_id, False, batch_size=5)
+    assert [p.ref_chosen for p in again] == pytest.approx([p.ref_chosen for p in first], abs=1e-4)
+    assert [p.ref_rejected for p in again] == pytest.approx([p.ref_rejected for p in first], abs=1e-4)
+
+
+@pytest.mark.parametrize("name", ["dpo", "ipo", "soft"])
+def test_loss_is_identical_batched_together_or_apart(model, tokenizer, name):
+    pairs = reference_logps(model, _pairs(tokenizer), tokenizer.pad_token_id, False)
+    with torch.no_grad():
+        for p in model.parameters():  # move the policy off the reference so Δ != 0
+            p.add_(0.01 * torch.randn_like(p))
+    method = DirectPreference(pairs, [], tokenizer.pad_token_id, 4, 0, delta_loss(name, 0.1), 0.1)
+    with torch.no_grad():
+        together = method.loss(model, pairs).loss
+        apart = sum(method.loss(model, [p]).loss for p in pairs)
+    assert together.item() == pytest.approx(apart.item(), rel=1e-4)
+    assert together.item() != pytest.approx(len(pairs) * 0.6931, rel=1e-3)  # not the Δ = 0 value
+
+
+def test_dpo_at_the_reference_has_loss_log_2(model, tokenizer):
+    pairs = reference_logps(model, _pairs(tokenizer), tokenizer.pad_token_id, False)
+    method = DirectPreference(pairs, [], tokenizer.pad_token_id, 4, 0, delta_loss("dpo", 0.1), 0.1)
+    with torch.no_grad():
+        out = method.loss(model, pairs)
+    assert out.loss.item() / len(pairs) == pytest.approx(0.693147, abs=1e-4)
+    assert out.metrics["rewards/margin"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_dpo_and_unlikelihood_training_separate_chosen_from_rejected(tmp_path, tokenizer):
+    from preftune.models import build_model
+
+    for name in ("dpo", "unlikelihood"):
+        model = build_model(tokenizer, size="micro", seed=0)
+        pairs = reference_logps(model, _pairs(tokenizer, n=16), tokenizer.pad_token_id, False)
+        if name == "dpo":
+            method = DirectPreference(pairs, pairs, tokenizer.pad_token_id, 8, 0, delta_loss("dpo", 0.1), 0.1)
+        else:
+            method = Unlikelihood(pairs, pairs, tokenizer.pad_token_id, 8, 0)
+
+        def gap(m):
+            with torch.no_grad():
+                metrics = method.loss(m, pairs).metrics
+            return metrics["logps/chosen"] - metrics["logps/rejected"]
+
+        before = gap(model)
+        train(model, method, TrainConfig(out=str(tmp_path / name), max_steps=20, lr=3e-3, batch_size=8, progress=False, save_every=0))
+        assert gap(model) > before + 1.0, name
+        if name == "dpo":
+            assert method.evaluate(model)["accuracy"] > 0.8
+
+
+def test_rankings_expand_into_every_pair(tokenizer):
+    from preftune.data import Ranking
+
+    pairs = to_pairs([Ranking("Human: Name 2 fruits.\n\nAssistant:", (" a.", " b.", " c."), (2, 0, 1))], tokenizer, DPOConfig().tokens)
+    enc = {t: encode(tokenizer, "Human: Name 2 fruits.\n\nAssistant:", t, 96, 64) for t in (" a.", " b.", " c.")}
+    assert [(p.chosen, p.rejected) for p in pairs] == [(enc[" c."], enc[" a."]), (enc[" c."], enc[" b."]), (enc[" a."], enc[" b."])]
+    assert all(isinstance(p, Pair) for p in pairs)
