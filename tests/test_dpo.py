@@ -69,7 +69,7 @@ def test_dpo_and_unlikelihood_training_separate_chosen_from_rejected(tmp_path, t
         else:
             method = Unlikelihood(pairs, pairs, tokenizer.pad_token_id, 8, 0)
 
-        def gap(m):
+        def gap(m, method=method, pairs=pairs):
             with torch.no_grad():
                 metrics = method.loss(m, pairs).metrics
             return metrics["logps/chosen"] - metrics["logps/rejected"]
