@@ -47,3 +47,61 @@ def test_bad_input_is_a_clear_error_not_a_traceback(trained, tmp_path, capsys):
     assert f"{bad}:2: missing field 'completion'" in capsys.readouterr().err
     assert main(["eval", "--model", str(tmp_path / "nowhere"), "--prompts", str(bad)]) == 2
     assert "no model here" in capsys.readouterr().err
+
+
+def test_sample_annotate_reward_score_dpo_through_the_cli(trained, capsys):
+    d = trained
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(d / "sft"),
+                "--prompts",
+                str(d / "w/prompts.jsonl"),
+                "--k",
+                "4",
+                "--out",
+                str(d / "s.jsonl"),
+                "--max-new-tokens",
+                "12",
+            ]
+        )
+        == 0
+    )
+    sets = [json.loads(line) for line in (d / "s.jsonl").read_text().splitlines()]
+    assert len(sets) == 50 and all(len(s["completions"]) == 4 == len(s["ended"]) for s in sets)
+    assert main(["annotate", "--simulated", "--samples", str(d / "s.jsonl"), "--out", str(d / "pairs.jsonl"), "--minority", "0.5"]) == 0
+    assert main(["annotate", "--simulated", "--samples", str(d / "s.jsonl"), "--out", str(d / "ranks.jsonl"), "--format", "rankings"]) == 0
+    pairs = [json.loads(line) for line in (d / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == 100 and {p["group"] for p in pairs} == {"majority", "minority"}
+    ranks = [json.loads(line) for line in (d / "ranks.jsonl").read_text().splitlines()]
+    assert all(sorted(r["ranking"]) == [0, 1, 2, 3] for r in ranks)
+
+    common = ["--max-steps", "3", "--batch-size", "4", "--no-progress", "--eval-every", "0"]
+    assert main(["reward", "--model", str(d / "sft"), "--data", str(d / "ranks.jsonl"), "--out", str(d / "rm"), *common]) == 0
+    report = json.loads((d / "rm/eval.json").read_text())
+    assert 0.5 <= report["bayes_optimal_accuracy"] <= 1.0 and -1.0 <= report["spearman_gold"] <= 1.0
+    capsys.readouterr()
+    assert main(["score", "--reward", str(d / "rm"), "--data", str(d / "w/sft.jsonl")]) == 0
+    scores = [json.loads(line)["score"] for line in capsys.readouterr().out.splitlines()]
+    assert len(scores) == 200 and abs(sum(scores) / len(scores)) < 5.0
+
+    for loss in ("dpo", "unlikelihood"):
+        assert (
+            main(["dpo", "--model", str(d / "sft"), "--data", str(d / "pairs.jsonl"), "--out", str(d / loss), "--loss", loss, *common]) == 0
+        )
+        assert (d / loss / "config.json").exists()
+    assert (d / "dpo/ref_logps.pt").exists() and not (d / "unlikelihood/ref_logps.pt").exists()
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_the_whole_pipeline(tmp_path):
+    from preftune.demo import DemoConfig, demo
+
+    results = demo(DemoConfig(out=str(tmp_path / "demo"), quick=True))
+    policies = results["eval"]["policies"]
+    assert set(policies) == {str(tmp_path / "demo" / n) for n in ("base", "sft", "dpo", "unlikelihood")} | {"demonstrator"}
+    assert all("kl" in policies[str(tmp_path / "demo" / n)] for n in ("base", "sft", "dpo", "unlikelihood"))
+    again = demo(DemoConfig(out=str(tmp_path / "demo"), quick=True))  # every stage is reused
+    assert again["seconds"]["pretrain"] < 5 and again["seconds"]["sft"] < 5 and again["seconds"]["dpo"] < 5
