@@ -15,7 +15,7 @@ from .data import Comparison, Ranking, encode, load_comparisons
 from .loop import train
 from .methods.dpo import LOSSES, DirectPreference, Pair, Unlikelihood, delta_loss, reference_logps
 from .models import add_lora, load_policy, save_model
-from .stages import _held_out_split, _threads
+from .stages import held_out_split, set_threads
 
 
 @dataclass(frozen=True)
@@ -71,14 +71,14 @@ def _cached_reference(model, pairs: list[Pair], pad_id: int, cfg: DPOConfig, pat
 
 
 def dpo(cfg: DPOConfig) -> Path:
-    _threads()
+    set_threads()
     out = Path(cfg.train.out)
     model, tokenizer = load_policy(cfg.model)
     save_config(cfg, out / "run_config.json", command="dpo", preftune=__version__)
     records = load_comparisons(cfg.data)
     held_records = load_comparisons(cfg.eval_data) if cfg.eval_data else []
     if not held_records:
-        records, held_records = _held_out_split(records, fraction=0.05, seed=cfg.train.seed)
+        records, held_records = held_out_split(records, fraction=0.05, seed=cfg.train.seed)
     train_pairs, held_pairs = to_pairs(records, tokenizer, cfg.tokens), to_pairs(held_records, tokenizer, cfg.tokens)
     pad = tokenizer.pad_token_id
     if cfg.loss == "unlikelihood":

@@ -6,7 +6,7 @@ and everything preftune writes loads back with plain ``transformers``.
 
 from __future__ import annotations
 
-import os
+import copy
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
     AutoTokenizer,
     GPT2Config,
     LlamaConfig,
@@ -23,7 +24,8 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local path must never turn into a download
+from .logprobs import position_ids
+
 # Loading a local tiny model needs no progress bar, and a reward model's fresh head is expected.
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
@@ -143,8 +145,6 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path:
     path.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "merge_and_unload"):  # a peft model
         model.save_pretrained(str(path / "adapter"))
-        import copy
-
         model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
@@ -184,8 +184,6 @@ class RewardModel(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Scores (B,) for padded sequences (B, T) padded on either side."""
-        from .logprobs import position_ids
-
         hidden = self.model.base_model(
             input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=position_ids(attention_mask), use_cache=False
         ).last_hidden_state  # (B, T, H)
@@ -195,8 +193,6 @@ class RewardModel(torch.nn.Module):
 
 def build_reward_model(policy_dir: str | Path, seed: int = 0) -> tuple[RewardModel, PreTrainedTokenizerBase]:
     """A reward model initialised from a policy: same transformer, a fresh zero-mean scalar head."""
-    from transformers import AutoModelForSequenceClassification
-
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(str(policy_dir), num_labels=1, local_files_only=True)
     tokenizer = load_tokenizer(policy_dir)
@@ -209,8 +205,6 @@ def build_reward_model(policy_dir: str | Path, seed: int = 0) -> tuple[RewardMod
 def load_reward_model(path: str | Path) -> tuple[RewardModel, PreTrainedTokenizerBase]:
     """Load a reward model saved by preftune. Plain ``AutoModelForSequenceClassification`` loads
     it too; its ``logits[:, 0]`` then equal preftune's score plus ``config.preftune_reward_offset``."""
-    from transformers import AutoModelForSequenceClassification
-
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path}: no reward model here (expected config.json)")

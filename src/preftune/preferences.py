@@ -18,12 +18,12 @@ import torch
 
 from . import __version__
 from .config import GenerateConfig, TokenConfig, TrainConfig, doc, save_config
-from .data import Comparison, Ranking, collate, encode, load_comparisons, read_rows, write_jsonl
+from .data import Comparison, DataError, Ranking, collate, encode, load_comparisons, load_prompts, load_sft, read_rows, write_jsonl
 from .loop import train
 from .methods.reward import RewardTraining, to_units
 from .models import build_reward_model, load_policy, load_reward_model, save_model
 from .rollout import sample
-from .stages import _held_out_split, _threads
+from .stages import held_out_split, set_threads
 from .world import lists
 
 # --------------------------------------------------------------------------------------- sample
@@ -41,9 +41,7 @@ class SampleCommand:
 
 def sample_sets(cfg: SampleCommand) -> Path:
     """K completions per prompt, batched with a KV cache, as JSONL ready for labelling."""
-    _threads()
-    from .data import load_prompts
-
+    set_threads()
     model, tokenizer = load_policy(cfg.model)
     prompts = load_prompts(cfg.prompts)
     prompts = prompts[: cfg.limit] if cfg.limit else prompts
@@ -99,8 +97,6 @@ def annotate(cfg: AnnotateCommand) -> Path:
     for where, row in read_rows(cfg.samples):
         prompt, comps = row.get("prompt"), row.get("completions")
         if not isinstance(prompt, str) or not isinstance(comps, list) or len(comps) < 2:
-            from .data import DataError
-
             raise DataError(cfg.samples, where, "expected {'prompt', 'completions': [at least 2]} (the output of `preftune sample`)")
         ended = row.get("ended") or [True] * len(comps)
         ann = rng.choices([a for a, _ in pool], weights=[w for _, w in pool])[0]
@@ -156,14 +152,14 @@ class RewardConfig:
 
 def reward(cfg: RewardConfig) -> dict:
     """Train a reward model, centre it on reference samples, save it, and evaluate it."""
-    _threads()
+    set_threads()
     out = Path(cfg.train.out)
     rm, tokenizer = build_reward_model(cfg.model, seed=cfg.train.seed)
     save_config(cfg, out / "run_config.json", command="reward", preftune=__version__)
     records = load_comparisons(cfg.data)
     held_records = load_comparisons(cfg.eval_data) if cfg.eval_data else []
     if not held_records:
-        records, held_records = _held_out_split(records, fraction=0.1, seed=cfg.train.seed)
+        records, held_records = held_out_split(records, fraction=0.1, seed=cfg.train.seed)
 
     def units(rs):
         return to_units(rs, tokenizer, cfg.tokens.max_length, cfg.tokens.max_prompt_length, cfg.use_strength)
@@ -261,8 +257,6 @@ def evaluate_reward_model(
                 }
             )
     # Spearman against the gold reward on fresh samples of the policy.
-    from .data import load_prompts
-
     model, ptok = load_policy(policy)
     prompts = (
         load_prompts(prompts_path)[:n_fresh] if prompts_path else [r["prompt"] for r in lists.prompts(n_fresh, seed=12345, split="heldout")]
@@ -306,11 +300,9 @@ class ScoreCommand:
 
 
 def score(cfg: ScoreCommand) -> list[float]:
-    _threads()
+    set_threads()
     rm, tokenizer = load_reward_model(cfg.reward)
     rows = [row for _, row in read_rows(cfg.data)]
-    from .data import load_sft
-
     pairs = [(r.prompt, r.completion) for r in load_sft(cfg.data)]
     scores = score_texts(rm, tokenizer, pairs).tolist()
     out_rows = [{**row, "score": s} for row, s in zip(rows, scores)]

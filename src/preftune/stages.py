@@ -21,11 +21,11 @@ from .models import add_lora, build_model, load_policy, load_tokenizer, n_params
 from .rollout import sample
 
 
-def _threads() -> None:
+def set_threads() -> None:
     torch.set_num_threads(int(os.environ.get("PREFTUNE_THREADS", os.cpu_count() or 1)))
 
 
-def _held_out_split(items: list, fraction: float = 0.05, seed: int = 0) -> tuple[list, list]:
+def held_out_split(items: list, fraction: float = 0.05, seed: int = 0) -> tuple[list, list]:
     order = list(range(len(items)))
     random.Random(f"holdout-{seed}").shuffle(order)
     k = max(1, int(len(items) * fraction)) if len(items) >= 20 else 0
@@ -41,7 +41,7 @@ def _report_truncation(encoded, what: str) -> None:
 
 def pretrain(cfg: PretrainConfig) -> Path:
     """Train a tokenizer (unless given) and a tiny causal LM from scratch on a text corpus."""
-    _threads()
+    set_threads()
     out = Path(cfg.train.out)
     texts = load_texts(cfg.data)
     tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else train_tokenizer(texts, cfg.vocab_size)
@@ -50,7 +50,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     print(f"pretrain: {n_params(model):,} parameters, {len(texts):,} documents -> {out}")
     encoded = [encode_text(tokenizer, t, cfg.tokens.max_length) for t in texts]
     _report_truncation(encoded, "documents")
-    train_set, held = _held_out_split(encoded, seed=cfg.train.seed)
+    train_set, held = held_out_split(encoded, seed=cfg.train.seed)
     train(model, SFT(train_set, tokenizer.pad_token_id, cfg.train.batch_size, cfg.train.seed, held), cfg.train)
     save_model(model, tokenizer, out)
     return out
@@ -58,7 +58,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
 def sft(cfg: SFTConfig) -> Path:
     """Supervised fine-tuning on demonstrations; the loss is on completion tokens only."""
-    _threads()
+    set_threads()
     out = Path(cfg.train.out)
     model, tokenizer = load_policy(cfg.model)
     if cfg.lora:
@@ -71,7 +71,7 @@ def sft(cfg: SFTConfig) -> Path:
     train_set = enc(load_sft(cfg.data))
     held = enc(load_sft(cfg.eval_data)) if cfg.eval_data else []
     if not held:
-        train_set, held = _held_out_split(train_set, seed=cfg.train.seed)
+        train_set, held = held_out_split(train_set, seed=cfg.train.seed)
     _report_truncation(train_set, "demonstrations")
     print(f"sft: {n_params(model, trainable_only=True):,} trainable parameters, {len(train_set):,} demonstrations -> {out}")
     train(model, SFT(train_set, tokenizer.pad_token_id, cfg.train.batch_size, cfg.train.seed, held), cfg.train)
@@ -90,7 +90,7 @@ class GenerateCommand:
 
 
 def generate(cfg: GenerateCommand) -> list[dict]:
-    _threads()
+    set_threads()
     model, tokenizer = load_policy(cfg.model)
     prompts = load_prompts(cfg.prompts)
     prompts = prompts[: cfg.limit] if cfg.limit else prompts
@@ -119,7 +119,7 @@ class EvalCommand:
 def evaluate(cfg: EvalCommand) -> dict:
     """Gold reward (95% CI), length, EOS rate, well-formedness and distinct-n of each policy; with
     ``--reference``, also KL to the reference and the win rate against it."""
-    _threads()
+    set_threads()
     prompts = load_prompts(cfg.prompts)
     prompts = prompts[: cfg.limit] if cfg.limit else prompts
     results: dict[str, dict] = {}
