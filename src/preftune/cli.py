@@ -68,6 +68,16 @@ def _commands() -> dict[str, tuple[str, Any, Any]]:
     }
 
 
+def _label_commands() -> dict[str, tuple[str, Any, Any]]:
+    from . import label
+
+    return {
+        "serve": ("the labelling web page (8-point A/B scale)", label.ServeCommand(), label.serve),
+        "export": ("labels as comparison rows for `reward` and `dpo`", label.ExportCommand(), label.export),
+        "stats": ("inter-annotator agreement and position bias", label.StatsCommand(), label.show_stats),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="preftune", description="Align language models with human preferences.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -75,8 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, (help_, default, _) in commands.items():
         p = sub.add_parser(name, help=help_, description=help_)
         _add_fields(p, default, set())
+    label_parser = sub.add_parser("label", help="collect human preferences: serve | export | stats")
+    label_sub = label_parser.add_subparsers(dest="label_command", required=True, metavar="SUBCOMMAND")
+    label_commands = _label_commands()
+    for name, (help_, default, _) in label_commands.items():
+        _add_fields(label_sub.add_parser(name, help=help_, description=help_), default, set())
     ns = parser.parse_args(argv)
-    _, default, run = commands[ns.command]
+    if ns.command == "label":
+        _, default, run = label_commands[ns.label_command]
+    else:
+        _, default, run = commands[ns.command]
     cfg = _build(default, ns)
     for f in dataclasses.fields(cfg):  # required inputs are the empty-string path fields named here
         if f.name in ("data", "model", "prompts", "samples", "reward") and getattr(cfg, f.name) in ("", ()):
