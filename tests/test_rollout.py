@@ -1,7 +1,7 @@
 import torch
 
 from preftune.config import GenerateConfig
-from preftune.data import Encoded, collate
+from preftune.data import collate
 from preftune.logprobs import completion_logps
 from preftune.rollout import _filter_logits, sample
 
@@ -17,7 +17,8 @@ def test_sampling_logps_equal_recomputed_training_logps(model, tokenizer):
     temperature, over exactly the sampled ids (EOS included)."""
     cfg = GenerateConfig(max_new_tokens=12, temperature=0.8, seed=3)
     samples = sample(model, tokenizer, PROMPTS, cfg, n=2)
-    encs = [Encoded(tuple(tokenizer(s.prompt)["input_ids"]) + s.completion_ids, len(tokenizer(s.prompt)["input_ids"])) for s in samples]
+    encs = [s.encoded() for s in samples]
+    assert all(list(s.prompt_ids) == tokenizer(s.prompt)["input_ids"] for s in samples)  # short prompts: nothing truncated
     with torch.no_grad():
         lp = completion_logps(model, collate(encs, tokenizer.pad_token_id), temperature=0.8)
     torch.testing.assert_close(lp.logps, torch.tensor([s.logp for s in samples]), atol=1e-4, rtol=1e-5)

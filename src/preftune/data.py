@@ -45,6 +45,11 @@ class SFTExample:
     completion: str
 
 
+# Strength of a comparison, from the 8-point scale's distance to its middle:
+# much better, better, slightly better, negligibly better.
+SCALE_STRENGTHS = (1.0, 0.75, 0.5, 0.25)
+
+
 @dataclass(frozen=True)
 class Comparison:
     """One preference: ``chosen`` is better than ``rejected`` for ``prompt``."""

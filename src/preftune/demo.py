@@ -34,13 +34,13 @@ def _digest(paths: list[str]) -> str:
     return h.hexdigest()
 
 
-def _fresh(out: Path, cfg, inputs: list[str]) -> bool:
-    """True if ``out`` holds a finished model made from exactly ``cfg`` and these input files/models."""
+def _made_from(out: Path, cfg, digest: str) -> bool:
+    """True if the run in ``out`` was started from exactly ``cfg`` and inputs with this digest."""
     saved, stamp = out / "run_config.json", out / "inputs.sha256"
-    if not (out / "config.json").exists() or not saved.exists() or not stamp.exists():
+    if not saved.exists() or not stamp.exists() or stamp.read_text() != digest:
         return False
     old = json.loads(saved.read_text())
-    return all(old.get(k) == v for k, v in to_dict(cfg).items()) and stamp.read_text() == _digest(inputs)
+    return all(old.get(k) == v for k, v in to_dict(cfg).items())
 
 
 def _run_stage(name: str, stage, cfg, inputs: list[str], timings: dict) -> None:
@@ -48,22 +48,16 @@ def _run_stage(name: str, stage, cfg, inputs: list[str], timings: dict) -> None:
     inputs resumes from its checkpoint; anything else in its directory is stale and is removed."""
     s = time.perf_counter()
     out = Path(cfg.train.out)
-    if _fresh(out, cfg, inputs):
+    digest = _digest(inputs)
+    resumable = _made_from(out, cfg, digest)
+    if resumable and (out / "config.json").exists():  # finished: config.json is written last
         print(f"{name}: reusing {out} (same config and inputs)")
     else:
-        digest = _digest(inputs)
-        saved, stamp = out / "run_config.json", out / "inputs.sha256"
-        resumable = (
-            saved.exists()
-            and stamp.exists()
-            and stamp.read_text() == digest
-            and all(json.loads(saved.read_text()).get(k) == v for k, v in to_dict(cfg).items())
-        )
         if not resumable:
             shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").unlink(missing_ok=True)  # not fresh until the stage finishes again
-        stamp.write_text(digest)
+        (out / "inputs.sha256").write_text(digest)
         stage(replace(cfg, train=replace(cfg.train, resume=resumable)))
     timings[name] = round(time.perf_counter() - s, 1)
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .data import Encoded, collate
+from .data import collate
 from .logprobs import completion_logps
 from .rollout import Sample
 from .world import lists
@@ -91,11 +91,7 @@ def kl_to_reference(samples: Sequence[Sample], reference, tokenizer, temperature
     diffs = []
     for i in range(0, len(samples), batch_size):
         chunk = samples[i : i + batch_size]
-        enc = []
-        for s in chunk:
-            prompt_ids = tuple(tokenizer(s.prompt)["input_ids"])
-            enc.append(Encoded(prompt_ids + s.completion_ids, len(prompt_ids)))
-        ref_logps = completion_logps(reference, collate(enc, tokenizer.pad_token_id), temperature).logps
+        ref_logps = completion_logps(reference, collate([s.encoded() for s in chunk], tokenizer.pad_token_id), temperature).logps
         diffs += [s.logp - float(r) for s, r in zip(chunk, ref_logps)]
     mean, ci = mean_ci(diffs)
     return {"kl": mean, "kl_ci95": ci}

@@ -18,7 +18,19 @@ import torch
 
 from . import __version__
 from .config import GenerateConfig, TokenConfig, TrainConfig, doc, save_config
-from .data import Comparison, DataError, Ranking, collate, encode, load_comparisons, load_prompts, load_sft, read_rows, write_jsonl
+from .data import (
+    SCALE_STRENGTHS,
+    Comparison,
+    DataError,
+    Ranking,
+    collate,
+    encode,
+    load_comparisons,
+    load_prompts,
+    load_sft,
+    read_rows,
+    write_jsonl,
+)
 from .loop import train
 from .methods.reward import RewardTraining, to_units
 from .models import build_reward_model, load_policy, load_reward_model, save_model
@@ -57,15 +69,15 @@ def sample_sets(cfg: SampleCommand) -> Path:
 
 # ------------------------------------------------------------------------------------- annotate
 
-# The 8-point scale: "A much better" .. "B much better". Its strength, as stored in comparison
-# data: 1.0 much better, 0.75 better, 0.5 slightly better, 0.25 negligibly better.
-STRENGTHS = ((0.95, 1.0), (0.8, 0.75), (0.6, 0.5), (0.0, 0.25))
+# A simulated annotator's certainty max(p, 1-p) at which it says "much better", "better",
+# "slightly better", else "negligibly better" (strengths: data.SCALE_STRENGTHS).
+CERTAINTY_THRESHOLDS = (0.95, 0.8, 0.6, 0.0)
 
 
 def strength_of(p: float) -> float:
     """A simulated annotator's 8-point strength from its own certainty ``max(p, 1-p)``."""
     certainty = max(p, 1.0 - p)
-    return next(s for threshold, s in STRENGTHS if certainty >= threshold)
+    return next(s for threshold, s in zip(CERTAINTY_THRESHOLDS, SCALE_STRENGTHS) if certainty >= threshold)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import GenerateConfig
-from .data import collate, encode
+from .data import Encoded, collate, encode
 from .logprobs import gather_token_logps, position_ids
 
 
@@ -28,6 +28,11 @@ class Sample:
     completion_ids: tuple[int, ...]  # sampled ids up to and including the first EOS
     ended: bool  # True if the completion emitted EOS
     logp: float  # sum of the sampled tokens' log-probs under the sampling distribution
+    prompt_ids: tuple[int, ...] = ()  # the (possibly truncated) prompt ids the sample was conditioned on
+
+    def encoded(self) -> Encoded:
+        """Prompt + sampled ids, ready for ``collate`` / ``completion_logps``."""
+        return Encoded(self.prompt_ids + self.completion_ids, len(self.prompt_ids))
 
 
 def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -69,7 +74,7 @@ def sample(
         chunk = todo[start : start + cfg.batch_size]
         enc = [encode(tokenizer, p, "", max_prompt_length + 1, max_prompt_length, add_eos=False) for p in chunk]
         batch = collate(enc, tokenizer.pad_token_id, padding_side="left")
-        out.extend(_sample_batch(model, tokenizer, chunk, batch.input_ids, batch.attention_mask, cfg, gen, eos))
+        out.extend(_sample_batch(model, tokenizer, chunk, [e.input_ids for e in enc], batch.input_ids, batch.attention_mask, cfg, gen, eos))
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:
@@ -83,7 +88,7 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _sample_batch(model, tokenizer, prompts, input_ids, attention_mask, cfg: GenerateConfig, gen, eos: int) -> list[Sample]:
+def _sample_batch(model, tokenizer, prompts, prompt_ids, input_ids, attention_mask, cfg: GenerateConfig, gen, eos: int) -> list[Sample]:
     B = input_ids.shape[0]
     cache_kw = _cache_kwarg(model)
     pos = position_ids(attention_mask)
@@ -121,7 +126,6 @@ def _sample_batch(model, tokenizer, prompts, input_ids, attention_mask, cfg: Gen
         ended = eos in row
         cut = row.index(eos) + 1 if ended else len(row)
         text_ids = row[: cut - 1] if ended else row
-        samples.append(
-            Sample(prompts[i], tokenizer.decode(text_ids, skip_special_tokens=False), tuple(row[:cut]), ended, float(lps[i, :cut].sum()))
-        )
+        text = tokenizer.decode(text_ids, skip_special_tokens=False)
+        samples.append(Sample(prompts[i], text, tuple(row[:cut]), ended, float(lps[i, :cut].sum()), tuple(prompt_ids[i])))
     return samples

@@ -126,8 +126,8 @@ def evaluate(cfg: EvalCommand) -> dict:
     tokenizer = None
     ref = ref_samples = None
     if cfg.reference:
-        ref, _ = load_policy(cfg.reference)
-        ref_samples = sample(ref, load_tokenizer(cfg.reference), prompts, replace(cfg.gen, seed=cfg.gen.seed + 1))
+        ref, ref_tokenizer = load_policy(cfg.reference)
+        ref_samples = sample(ref, ref_tokenizer, prompts, replace(cfg.gen, seed=cfg.gen.seed + 1))
     for path in cfg.model:
         model, tokenizer = load_policy(path)
         t0 = time.perf_counter()

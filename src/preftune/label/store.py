@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import DataError, read_rows
+from ..data import SCALE_STRENGTHS, DataError, read_rows
 
 SCALE = (
     "A much better",
@@ -28,7 +28,7 @@ SCALE = (
     "B better",
     "B much better",
 )
-STRENGTH = {1: 1.0, 2: 0.75, 3: 0.5, 4: 0.25, 5: 0.25, 6: 0.5, 7: 0.75, 8: 1.0}  # as in comparison data
+STRENGTH = {c: SCALE_STRENGTHS[min(c - 1, 8 - c)] for c in range(1, 9)}  # 1 and 8 -> 1.0, 4 and 5 -> 0.25
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (id INTEGER PRIMARY KEY, prompt TEXT NOT NULL, a TEXT NOT NULL, b TEXT NOT NULL, source TEXT);
