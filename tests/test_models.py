@@ -1,3 +1,4 @@
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -44,3 +45,20 @@ def test_lora_model_saves_merged_weights_and_the_adapter(tmp_path, tokenizer):
     assert not any("lora" in n for n, _ in loaded.named_parameters())
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=ids).logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_save_that_dies_midway_leaves_no_config_json(tmp_path, tokenizer, monkeypatch):
+    """config.json is moved in last: its presence means the whole model is there."""
+    model = build_model(tokenizer, size="micro")
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(tokenizer), "save_pretrained", boom)  # dies after the weights are written
+    with pytest.raises(OSError, match="disk full"):
+        save_model(model, tokenizer, tmp_path / "m")
+    assert not (tmp_path / "m" / "config.json").exists()
+    assert not (tmp_path / "m" / "model.safetensors").exists()  # nothing half-published
+    monkeypatch.undo()
+    save_model(model, tokenizer, tmp_path / "m")  # a retry completes and cleans up
+    assert (tmp_path / "m" / "config.json").exists() and not (tmp_path / "m" / ".saving").exists()

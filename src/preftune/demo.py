@@ -50,7 +50,7 @@ def _run_stage(name: str, stage, cfg, inputs: list[str], timings: dict) -> None:
     out = Path(cfg.train.out)
     digest = _digest(inputs)
     resumable = _made_from(out, cfg, digest)
-    if resumable and (out / "config.json").exists():  # finished: config.json is written last
+    if resumable and (out / "config.json").exists():  # finished: save_model moves config.json in last
         print(f"{name}: reusing {out} (same config and inputs)")
     else:
         if not resumable:

@@ -7,6 +7,8 @@ and everything preftune writes loads back with plain ``transformers``.
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -140,14 +142,25 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path:
 
     A LoRA model is saved twice: merged into full weights at ``path`` (loads anywhere) and as
     the bare adapter in ``path/adapter`` (small; loads with peft on top of the base).
+    Everything is written to ``path/.saving`` first and moved into place with ``config.json``
+    last, so a ``config.json`` in ``path`` means the whole model is there (a kill mid-save
+    leaves no half model that looks finished).
     """
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / ".saving"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     if hasattr(model, "merge_and_unload"):  # a peft model
-        model.save_pretrained(str(path / "adapter"))
+        model.save_pretrained(str(tmp / "adapter"))
         model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(str(path))
-    tokenizer.save_pretrained(str(path))
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    (path / "config.json").unlink(missing_ok=True)
+    for item in sorted(tmp.iterdir(), key=lambda f: f.name == "config.json"):
+        if (path / item.name).is_dir():
+            shutil.rmtree(path / item.name)
+        os.replace(item, path / item.name)
+    tmp.rmdir()
 
 
 def n_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
