@@ -11,39 +11,59 @@ from typing import Any
 from .config import PretrainConfig, SFTConfig
 
 
-def _add_fields(parser: argparse.ArgumentParser, default: Any, seen: set[str]) -> None:
+def _flags(default: Any, prefix: str = "", seen: set[str] | None = None) -> list[tuple[str, str, Any, Any]]:
+    """(path, dest, field, value) of every leaf field; nested dataclasses are flattened, and a name
+    already taken by an earlier field gets its group's name in front (``--gen-seed`` next to ``--seed``)."""
+    seen = set() if seen is None else seen
+    out = []
     for f in dataclasses.fields(default):
         value = getattr(default, f.name)
+        path = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
-            _add_fields(parser.add_argument_group(type(value).__name__), value, seen)
+            out += _flags(value, f"{path}.", seen)
             continue
-        if f.name in seen:
-            raise AssertionError(f"flag --{f.name} defined twice")
-        seen.add(f.name)
-        flag = "--" + f.name.replace("_", "-")
+        dest = f.name if f.name not in seen else path.replace(".", "_")
+        if dest in seen:
+            raise AssertionError(f"flag --{dest} defined twice")
+        seen.add(dest)
+        out.append((path, dest, f, value))
+    return out
+
+
+def _add_fields(parser: argparse.ArgumentParser, default: Any) -> None:
+    groups: dict[str, Any] = {}
+    for path, dest, f, value in _flags(default):
+        group = path.rpartition(".")[0]
+        target = parser if not group else groups.setdefault(group, parser.add_argument_group(group))
+        flag = "--" + dest.replace("_", "-")
         help_ = f.metadata.get("help", "") + (f" (default: {value})" if value not in ("", ()) else "")
         if isinstance(value, bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=value, help=f.metadata.get("help"))
+            target.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=value, help=f.metadata.get("help"))
         elif isinstance(value, tuple):
-            parser.add_argument(flag, dest=f.name, nargs="+", action="extend", default=[], help=help_)
+            target.add_argument(flag, dest=dest, nargs="+", action="extend", default=[], help=help_)
         else:
-            parser.add_argument(flag, dest=f.name, type=type(value), default=value, choices=f.metadata.get("choices"), help=help_)
+            target.add_argument(flag, dest=dest, type=type(value), default=value, choices=f.metadata.get("choices"), help=help_)
 
 
 def _build(default: Any, ns: argparse.Namespace) -> Any:
-    kwargs = {}
-    for f in dataclasses.fields(default):
-        value = getattr(default, f.name)
-        if dataclasses.is_dataclass(value):
-            kwargs[f.name] = _build(value, ns)
-        else:
-            got = getattr(ns, f.name)
-            kwargs[f.name] = tuple(got) if isinstance(value, tuple) else got
-    return type(default)(**kwargs)
+    dests = {path: dest for path, dest, _, _ in _flags(default)}
+
+    def build(obj: Any, prefix: str) -> Any:
+        kwargs = {}
+        for f in dataclasses.fields(obj):
+            value, path = getattr(obj, f.name), f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value):
+                kwargs[f.name] = build(value, f"{path}.")
+            else:
+                got = getattr(ns, dests[path])
+                kwargs[f.name] = tuple(got) if isinstance(value, tuple) else got
+        return type(obj)(**kwargs)
+
+    return build(default, "")
 
 
 def _commands() -> dict[str, tuple[str, Any, Any]]:
-    from . import demo, direct, preferences, stages, world
+    from . import demo, direct, preferences, rl, stages, world
 
     return {
         "world": ("write the built-in world's data files (corpus, demonstrations, prompts)", world.WorldConfig(), world.write_world),
@@ -63,6 +83,8 @@ def _commands() -> dict[str, tuple[str, Any, Any]]:
         ),
         "score": ("score (prompt, completion) rows with a reward model", preferences.ScoreCommand(), preferences.score),
         "dpo": ("direct preference optimisation: dpo, cdpo, ipo, hinge, soft, unlikelihood", direct.DPOConfig(), direct.dpo),
+        "rl": ("RLHF against a reward model with a KL leash: raft, reinforce, rloo, ppo", rl.RLConfig(), rl.rl),
+        "best-of-n": ("sample n, keep the best by reward (KL log n - (n-1)/n)", rl.BestOfNCommand(), rl.best_of_n),
         "eval": ("gold reward, length, diversity of policies on the lists world", stages.EvalCommand(), stages.evaluate),
         "demo": ("the whole pipeline on the built-in world, with a report", demo.DemoConfig(), demo.demo),
     }
@@ -84,12 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     commands = _commands()
     for name, (help_, default, _) in commands.items():
         p = sub.add_parser(name, help=help_, description=help_)
-        _add_fields(p, default, set())
+        _add_fields(p, default)
     label_parser = sub.add_parser("label", help="collect human preferences: serve | export | stats")
     label_sub = label_parser.add_subparsers(dest="label_command", required=True, metavar="SUBCOMMAND")
     label_commands = _label_commands()
     for name, (help_, default, _) in label_commands.items():
-        _add_fields(label_sub.add_parser(name, help=help_, description=help_), default, set())
+        _add_fields(label_sub.add_parser(name, help=help_, description=help_), default)
     ns = parser.parse_args(argv)
     if ns.command == "label":
         _, default, run = label_commands[ns.label_command]

@@ -99,3 +99,84 @@ def unlikelihood(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """
     p = token_logps.exp().clamp(max=1.0 - 1e-6)  # log(1 - p) is -inf at p = 1
     return -(torch.log1p(-p) * mask).sum(-1)
+
+
+# ------------------------------------------------------------------------ reinforcement learning
+# Rewards, KL estimates and advantages for RLHF (InstructGPT step 3). Token tensors are (B, T)
+# aligned with ``LogProbs.token_logps``: position t holds the log-prob of completion token t+1.
+
+
+def kl_k1(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """k1 = log π(y) - log π_ref(y): unbiased for KL(π || π_ref) when y ~ π; can be negative."""
+    return logps - ref_logps
+
+
+def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """k3 = (r - 1) - log r with r = π_ref(y)/π(y): unbiased for KL(π || π_ref) when y ~ π
+    (since E_π[r] = 1) and never negative (e^x ≥ 1 + x); lower variance than k1 when π ≈ π_ref."""
+    log_r = ref_logps - logps
+    return torch.expm1(log_r) - log_r
+
+
+def leave_one_out_baseline(rewards: torch.Tensor) -> torch.Tensor:
+    """RLOO's baseline: for rewards (P, K) of K samples per prompt, each sample's baseline is the
+    mean reward of the *other* K-1 samples of its prompt, ``(sum_j R_j - R_i) / (K - 1)``."""
+    k = rewards.shape[-1]
+    if k < 2:
+        raise ValueError("RLOO needs at least 2 samples per prompt")
+    return (rewards.sum(-1, keepdim=True) - rewards) / (k - 1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the masked entries (or all of x); ``shift_mean=False`` only rescales."""
+    values = x if mask is None else x[mask]
+    mean, std = values.mean(), values.std() if values.numel() > 1 else torch.tensor(1.0)
+    out = (x - mean) / (std + eps) if shift_mean else x / (std + eps)
+    return out if mask is None else out * mask
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over each row's masked (completion) tokens.
+
+    ``δ_t = r_t + γ V_{t+1} - V_t`` (V after the last token is 0), ``A_t = δ_t + γλ A_{t+1}``;
+    returns ``(advantages, returns = A + V)``, both (B, T) and zero off the mask. The masked tokens
+    of a row must be contiguous (they are: prompt, completion, then padding).
+    """
+    m = mask.float()
+    values = values * m
+    T = rewards.shape[1]
+    adv = torch.zeros_like(rewards)
+    next_adv = torch.zeros_like(rewards[:, 0])
+    next_value = torch.zeros_like(rewards[:, 0])
+    for t in range(T - 1, -1, -1):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        adv[:, t] = (delta + gamma * lam * next_adv) * m[:, t]
+        next_adv, next_value = adv[:, t], values[:, t]
+    return adv, (adv + values) * m
+
+
+def policy_gradient(logps: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """REINFORCE / RLOO per sequence: ``-A · log π(y)``, with A held constant. (B,) -> (B,)."""
+    return -advantages.detach() * logps
+
+
+def ppo_clip(
+    token_logps: torch.Tensor, old_token_logps: torch.Tensor, advantages: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate per token: ``max(-A·ρ, -A·clip(ρ, 1-ε, 1+ε))``, ρ = π/π_old.
+
+    Beyond the clip range in the direction the advantage favours, the clipped term is the larger
+    and constant, so the gradient is zero. Returns (loss (B, T), clipped (B, T) bool).
+    """
+    ratio = torch.exp(token_logps - old_token_logps)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip, 1.0 + clip)
+    return torch.maximum(unclipped, clipped), clipped > unclipped
+
+
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip: float) -> torch.Tensor:
+    """``½ max((V - R)², (clip(V, V_old ± ε) - R)²)`` per token (B, T)."""
+    v_clipped = old_values + (values - old_values).clamp(-clip, clip)
+    return 0.5 * torch.maximum((values - returns) ** 2, (v_clipped - returns) ** 2)

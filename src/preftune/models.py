@@ -197,11 +197,18 @@ class RewardModel(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Scores (B,) for padded sequences (B, T) padded on either side."""
-        hidden = self.model.base_model(
-            input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=position_ids(attention_mask), use_cache=False
-        ).last_hidden_state  # (B, T, H)
+        hidden = self._hidden(input_ids, attention_mask)
         last = hidden[torch.arange(hidden.shape[0]), last_token_index(attention_mask)]  # (B, H)
         return self.model.score(last).squeeze(-1).float() - self.offset
+
+    def token_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The head at every position (B, T): PPO's value of each prefix."""
+        return self.model.score(self._hidden(input_ids, attention_mask)).squeeze(-1).float() - self.offset
+
+    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.base_model(
+            input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=position_ids(attention_mask), use_cache=False
+        ).last_hidden_state  # (B, T, H)
 
 
 def build_reward_model(policy_dir: str | Path, seed: int = 0) -> tuple[RewardModel, PreTrainedTokenizerBase]:

@@ -29,6 +29,7 @@ class Sample:
     ended: bool  # True if the completion emitted EOS
     logp: float  # sum of the sampled tokens' log-probs under the sampling distribution
     prompt_ids: tuple[int, ...] = ()  # the (possibly truncated) prompt ids the sample was conditioned on
+    token_logps: tuple[float, ...] = ()  # per sampled token, same distribution as ``logp``
 
     def encoded(self) -> Encoded:
         """Prompt + sampled ids, ready for ``collate`` / ``completion_logps``."""
@@ -127,5 +128,8 @@ def _sample_batch(model, tokenizer, prompts, prompt_ids, input_ids, attention_ma
         cut = row.index(eos) + 1 if ended else len(row)
         text_ids = row[: cut - 1] if ended else row
         text = tokenizer.decode(text_ids, skip_special_tokens=False)
-        samples.append(Sample(prompts[i], text, tuple(row[:cut]), ended, float(lps[i, :cut].sum()), tuple(prompt_ids[i])))
+        token_lps = lps[i, :cut]
+        samples.append(
+            Sample(prompts[i], text, tuple(row[:cut]), ended, float(token_lps.sum()), tuple(prompt_ids[i]), tuple(token_lps.tolist()))
+        )
     return samples
