@@ -58,14 +58,14 @@ class RLConfig:
     prompts_per_iter: int = doc(32, "prompts per rollout batch")
     k: int = doc(4, "completions per prompt (RLOO's k, RAFT's m)")
     keep: int = doc(1, "raft: completions kept per prompt (the top by reward)")
-    beta: float = doc(0.05, "KL penalty coefficient β (0 = no leash)")
+    beta: float = doc(0.1, "KL penalty coefficient β (0 = no leash)")
     kl_estimator: str = doc("k1", "per-token KL estimate in the reward: k1 = log π/π_ref, k3 = (r-1) - log r", choices=("k1", "k3"))
     target_kl: float = doc(0.0, "adaptive KL controller: the sequence KL to steer to (0 = fixed β)")
     kl_horizon: int = doc(10000, "adaptive KL controller horizon, in sequences")
     eos_penalty: float = doc(1.0, "subtracted from the score of a completion that never emits EOS")
     whiten_rewards: bool = doc(False, "whiten the shaped rewards over each rollout batch")
     baseline_decay: float = doc(0.9, "reinforce: moving-average baseline b <- decay·b + (1-decay)·mean R")
-    update_epochs: int = doc(0, "passes over each rollout batch (0 = the algorithm's default: 4 for ppo, 1 otherwise)")
+    update_epochs: int = doc(0, "passes over each rollout batch (0 = the algorithm's default: 2 for ppo, 1 otherwise)")
     clip: float = doc(0.2, "ppo: policy ratio clip ε")
     value_clip: float = doc(0.2, "ppo: value clip around the rollout's values")
     value_coef: float = doc(0.1, "ppo: weight of the value loss")
@@ -80,7 +80,7 @@ class RLConfig:
 
 
 def default_update_epochs(cfg: RLConfig) -> int:
-    return cfg.update_epochs or (4 if cfg.algo == "ppo" else 1)
+    return cfg.update_epochs or (2 if cfg.algo == "ppo" else 1)
 
 
 def best_of_n_kl(n: int) -> float:
