@@ -93,15 +93,3 @@ def test_sample_annotate_reward_score_dpo_through_the_cli(trained, capsys):
         )
         assert (d / loss / "config.json").exists()
     assert (d / "dpo/ref_logps.pt").exists() and not (d / "unlikelihood/ref_logps.pt").exists()
-
-
-@pytest.mark.slow
-def test_quick_demo_runs_the_whole_pipeline(tmp_path):
-    from preftune.demo import DemoConfig, demo
-
-    results = demo(DemoConfig(out=str(tmp_path / "demo"), quick=True))
-    policies = results["eval"]["policies"]
-    assert set(policies) == {str(tmp_path / "demo" / n) for n in ("base", "sft", "dpo", "unlikelihood")} | {"demonstrator"}
-    assert all("kl" in policies[str(tmp_path / "demo" / n)] for n in ("base", "sft", "dpo", "unlikelihood"))
-    again = demo(DemoConfig(out=str(tmp_path / "demo"), quick=True))  # every stage is reused
-    assert again["seconds"]["pretrain"] < 5 and again["seconds"]["sft"] < 5 and again["seconds"]["dpo"] < 5

@@ -209,9 +209,10 @@ def test_a_resumed_run_equals_an_uninterrupted_one(world_dir, algo, monkeypatch)
     rl.rl(replace(cfg, train=replace(cfg.train, resume=True)))
     a, b = load_file(str(world_dir / "whole/model.safetensors")), load_file(str(world_dir / "cut/model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    rows = lambda d: [
-        {k: v for k, v in json.loads(x).items() if not k.endswith("_s")} for x in (d / "iterations.jsonl").read_text().splitlines()
-    ]  # noqa: E731
+    def rows(d):
+        lines = (d / "iterations.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if not k.endswith("_s")} for x in lines]  # timings differ
+
     assert rows(world_dir / "whole") == rows(world_dir / "cut")
 
 

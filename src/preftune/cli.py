@@ -37,7 +37,9 @@ def _add_fields(parser: argparse.ArgumentParser, default: Any) -> None:
         target = parser if not group else groups.setdefault(group, parser.add_argument_group(group))
         flag = "--" + dest.replace("_", "-")
         help_ = f.metadata.get("help", "") + (f" (default: {value})" if value not in ("", ()) else "")
-        if isinstance(value, bool):
+        if f.metadata.get("positional"):
+            target.add_argument(dest, nargs="?", default=value, help=help_)
+        elif isinstance(value, bool):
             target.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=value, help=f.metadata.get("help"))
         elif isinstance(value, tuple):
             target.add_argument(flag, dest=dest, nargs="+", action="extend", default=[], help=help_)
@@ -63,7 +65,7 @@ def _build(default: Any, ns: argparse.Namespace) -> Any:
 
 
 def _commands() -> dict[str, tuple[str, Any, Any]]:
-    from . import demo, direct, preferences, rl, stages, world
+    from . import direct, experiments, preferences, report, rl, stages, world
 
     return {
         "world": ("write the built-in world's data files (corpus, demonstrations, prompts)", world.WorldConfig(), world.write_world),
@@ -86,7 +88,13 @@ def _commands() -> dict[str, tuple[str, Any, Any]]:
         "rl": ("RLHF against a reward model with a KL leash: raft, reinforce, rloo, ppo", rl.RLConfig(), rl.rl),
         "best-of-n": ("sample n, keep the best by reward (KL log n - (n-1)/n)", rl.BestOfNCommand(), rl.best_of_n),
         "eval": ("gold reward, length, diversity of policies on the lists world", stages.EvalCommand(), stages.evaluate),
-        "demo": ("the whole pipeline on the built-in world, with a report", demo.DemoConfig(), demo.demo),
+        "demo": (
+            "the whole pipeline and every experiment on the built-in world, with report.html",
+            experiments.DemoConfig(),
+            experiments.demo,
+        ),
+        "experiment": ("run experiments from a config file (configs/*.yaml)", experiments.ExperimentCommand(), experiments.experiment),
+        "report": ("re-render report.html and its figures from a run's results.json", report.ReportCommand(), report.report),
     }
 
 

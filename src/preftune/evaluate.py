@@ -28,6 +28,18 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
     return m, 1.96 * statistics.stdev(values) / math.sqrt(len(values))
 
 
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """mean(a - b) over paired items (the same prompts) and its 95% percentile-bootstrap interval
+    (resampling prompts with replacement)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired_bootstrap needs two equally long, non-empty lists (got {len(a)} and {len(b)})")
+    d = [x - y for x, y in zip(a, b)]
+    rng = random.Random(f"bootstrap-{seed}")
+    n = len(d)
+    means = sorted(sum(rng.choices(d, k=n)) / n for _ in range(n_resamples))
+    return statistics.fmean(d), means[int(0.025 * n_resamples)], means[int(0.975 * n_resamples) - 1]
+
+
 def distinct_n(texts: Sequence[str], n: int) -> float:
     grams, total = set(), 0
     for t in texts:

@@ -124,6 +124,15 @@ def split_of(category: str, k: int, phrasing: int, opener: int) -> str:
     return "heldout" if h % 5 == 0 else "train"
 
 
+def tag_prompt(prompt: str, group: str) -> str:
+    """The prompt with the annotator group named at the start of the request ("Human: (minority) ..."),
+    for policies conditioned on the group; :func:`parse_request` still reads it."""
+    head, sep, request = prompt.rpartition(HUMAN)
+    if not sep:
+        raise ValueError(f"not a prompt of the lists world: {prompt!r}")
+    return f"{head}{HUMAN}({group}) {request}"
+
+
 def parse_request(prompt: str) -> Request:
     """Recover (category, k) from a prompt of this world; raises ``ValueError`` otherwise."""
     human = prompt.rsplit(HUMAN, 1)[-1]

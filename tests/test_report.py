@@ -1,0 +1,145 @@
+"""The demo end to end (quick scale) and its report: every section, every number, every figure."""
+
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import yaml
+
+from preftune import experiments, report
+from preftune.cli import main
+from preftune.evaluate import paired_bootstrap
+from preftune.world import lists
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SECTIONS = ("methods", "vs-sft", "frontier", "offline-online", "overoptimisation", "diverse", "reward-model", "samples")
+
+
+def test_paired_bootstrap_hand_values():
+    a = [1.0, 2.0, 3.0, 4.0]
+    assert paired_bootstrap(a, a) == (0.0, 0.0, 0.0)
+    d, lo, hi = paired_bootstrap([x + 0.5 for x in a], a)  # a constant shift has no spread
+    assert (d, lo, hi) == pytest.approx((0.5, 0.5, 0.5))
+    d, lo, hi = paired_bootstrap([1.0, 0.0] * 50, [0.0] * 100, seed=3)
+    assert d == 0.5 and lo < 0.5 < hi and lo > 0.35 and hi < 0.65
+    with pytest.raises(ValueError):
+        paired_bootstrap([1.0], [1.0, 2.0])
+
+
+def test_group_tag_keeps_the_prompt_parseable():
+    prompt = lists.prompts(1, seed=0)[0]["prompt"]
+    tagged = lists.tag_prompt(prompt, "minority")
+    assert "(minority)" in tagged and lists.parse_request(tagged) == lists.parse_request(prompt)
+
+
+def test_demo_config_file_is_what_the_demo_runs():
+    spec = yaml.safe_load(Path("configs/demo.yaml").read_text())
+    assert spec["experiments"] == experiments.DEMO_EXPERIMENTS
+    for f in Path("configs").glob("*.yaml"):  # every shipped config names known experiments
+        assert set(yaml.safe_load(f.read_text())["experiments"]) <= set(experiments.RUNNERS), f
+
+
+def test_experiment_file_errors_are_clear(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("experiments: {nonsense: {}}\n")
+    assert main(["experiment", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "unknown experiment" in capsys.readouterr().err
+    bad.write_text("- just a list\n")
+    assert main(["experiment", str(bad)]) == 2
+    assert "expected a mapping" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+
+
+class _Spans(HTMLParser):
+    """Collects span.num (key, digits, text) and the visible text outside them."""
+
+    def __init__(self):
+        super().__init__()
+        self.spans, self.outside, self.ids, self.imgs = [], [], set(), []
+        self._in = None
+        self._skip = 0
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "span" and a.get("class") == "num":
+            self._in = [a["data-key"], int(a["data-digits"]), ""]
+        if tag in ("style", "title"):
+            self._skip += 1
+        if "id" in a:
+            self.ids.add(a["id"])
+        if tag == "img":
+            self.imgs.append(a["src"])
+
+    def handle_endtag(self, tag):
+        if tag == "span" and self._in is not None:
+            self.spans.append(tuple(self._in))
+            self._in = None
+        if tag in ("style", "title"):
+            self._skip -= 1
+
+    def handle_data(self, data):
+        if self._in is not None:
+            self._in[2] += data
+        elif not self._skip:
+            self.outside.append(data)
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    results = experiments.demo(experiments.DemoConfig(out=str(out), quick=True))
+    return out, results
+
+
+@pytest.mark.slow
+def test_quick_demo_report_has_every_section_and_its_numbers_are_the_results(quick_demo):
+    out, results = quick_demo
+    assert set(results["policies"]) == set(report.HEADLINE)
+    saved = json.loads((out / "results.json").read_text())
+    page = _Spans()
+    page.feed((out / "report.html").read_text())
+    assert set(SECTIONS) <= page.ids
+    assert len(page.spans) > 150
+    for key, digits, text in page.spans:
+        assert text == report.fmt(report.lookup(saved, key), digits), key
+    # no decimal number reaches the page except through a span (samples are model text, allowed)
+    visible = " ".join(page.outside)
+    visible = visible.split("8. Samples side by side")[0]
+    assert not re.findall(r"\d+\.\d+", visible)
+    for src in page.imgs:
+        assert (out / src).stat().st_size > 1000
+    assert {Path(s).stem for s in page.imgs} == {"methods", "frontier", "overoptimisation"}
+    # `preftune report` re-renders the same page from results.json
+    before = (out / "report.html").read_text()
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.html").read_text() == before
+
+
+@pytest.mark.slow
+def test_quick_demo_reuses_every_stage_when_run_again(quick_demo):
+    out, _ = quick_demo
+    again = experiments.demo(experiments.DemoConfig(out=str(out), quick=True))
+    assert set(again["seconds"]) <= {"total"}  # no stage ran again
+    assert again["policies"]["dpo"]["gold"] == json.loads((out / "results.json").read_text())["policies"]["dpo"]["gold"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_report_renders_in_chromium_with_every_figure_loaded(quick_demo):
+    from playwright.sync_api import sync_playwright
+
+    out, _ = quick_demo
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.goto((out / "report.html").resolve().as_uri())
+        page.wait_for_load_state("load")
+        imgs = page.eval_on_selector_all("img", "els => els.map(e => [e.getAttribute('src'), e.complete, e.naturalWidth])")
+        assert len(imgs) == 3
+        assert all(complete and width > 100 for _, complete, width in imgs), imgs
+        assert page.locator("h2").count() == 8
+        browser.close()
