@@ -209,6 +209,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(world_dir, algo, monkeypatch)
     rl.rl(replace(cfg, train=replace(cfg.train, resume=True)))
     a, b = load_file(str(world_dir / "whole/model.safetensors")), load_file(str(world_dir / "cut/model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
     def rows(d):
         lines = (d / "iterations.jsonl").read_text().splitlines()
         return [{k: v for k, v in json.loads(x).items() if not k.endswith("_s")} for x in lines]  # timings differ
