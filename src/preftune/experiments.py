@@ -42,8 +42,8 @@ HEADLINE = ("base", "demonstrator", "sft", "best-of-n", "raft", "reinforce", "rl
 DEMO_EXPERIMENTS: dict[str, dict] = {
     "methods": {"best_of_n": 16},
     "frontier": {"dpo": [0.1, 0.5, 2.0], "ppo": [0.03, 0.1, 0.3], "rloo": [0.03, 0.1, 0.3]},
-    "overoptimisation": {"comparisons": 300, "algo": "rloo"},
-    "diverse": {"minority": 0.3},
+    "overoptimisation": {"comparisons": 300, "algo": "rloo", "iterations": 40, "lr": 3e-4},
+    "diverse": {"minority": 0.3, "epochs": 3.0},
 }
 
 
@@ -121,7 +121,7 @@ class Pipeline:
         self._samples: str | None = None
         self.gen = GenerateConfig(seed=seed)
         # quick: a smoke-test scale; the full scale's numbers are in the README
-        self.n_iter = 6 if quick else 40
+        self.n_iter = 6 if quick else 32  # `preftune rl` defaults to 40; 32 keeps `make demo` well inside 15 minutes
         self.dpo_epochs = 1.0 if quick else 2.0  # 2, not `preftune dpo`'s 3: the demo's seven DPO-family runs must fit its 15 minutes
 
     def path(self, name: str) -> str:
@@ -144,7 +144,7 @@ class Pipeline:
             data=str(self.files["corpus"]),
             tokens=tokens,
             train=TrainConfig(
-                out=self.path("base"), epochs=1.0 if self.quick else 2.0, batch_size=64, lr=3e-3, seed=self.seed, save_every=100
+                out=self.path("base"), epochs=1.0 if self.quick else 1.5, batch_size=64, lr=3e-3, seed=self.seed, save_every=100
             ),
         )
         cfg = SFTConfig(
@@ -202,8 +202,8 @@ class Pipeline:
         _run_stage(name, rl, cfg, [str(self.files["prompts"]), self.sft(), reward_dir], self.timings)
         return self.path(name)
 
-    def dpo_policy(self, name: str, data: str, loss: str = "dpo", **kw: Any) -> str:
-        train = replace(DPOConfig().train, out=self.path(name), epochs=self.dpo_epochs, seed=self.seed)
+    def dpo_policy(self, name: str, data: str, loss: str = "dpo", epochs: float | None = None, **kw: Any) -> str:
+        train = replace(DPOConfig().train, out=self.path(name), epochs=epochs or self.dpo_epochs, seed=self.seed)
         _run_stage(name, dpo, DPOConfig(model=self.sft(), data=data, loss=loss, train=train, **kw), [data, self.sft()], self.timings)
         return self.path(name)
 
@@ -350,12 +350,13 @@ def overoptimisation(p: Pipeline, res: dict, params: dict) -> None:
     proxy score and gold reward per iteration, against KL (Gao et al.'s curve)."""
     few = 60 if p.quick else int(params.get("comparisons", 300))
     algo = params.get("algo", "rloo")
-    iterations = int(params.get("iterations", p.n_iter))
+    iterations = p.n_iter * 2 if p.quick else int(params.get("iterations", p.n_iter))
+    lr = float(params.get("lr", RLConfig().train.lr))  # the demo uses 3e-4: over-optimisation within its budget
     rm_dir, rm_eval = p.reward_model(f"rm-few{few}", limit=few)
     runs = []
     for beta in (0.0, RLConfig().beta):
         name = f"overopt/{algo}-beta{beta:g}"
-        train = replace(RLConfig().train, out=p.path(name), seed=p.seed)
+        train = replace(RLConfig().train, out=p.path(name), seed=p.seed, lr=lr)
         cfg = RLConfig(
             model=p.sft(), reward=rm_dir, prompts=str(p.files["prompts"]), algo=algo, iterations=iterations, beta=beta, train=train
         )
@@ -394,8 +395,9 @@ def diverse(p: Pipeline, res: dict, params: dict) -> None:
     tagged = [{**r, "prompt": lists.tag_prompt(r["prompt"], r["group"])} for r in rows]
     tagged_path = p.out / "data/comparisons-mixed-tagged.jsonl"
     write_jsonl(tagged_path, tagged)
-    p.dpo_policy("diverse/pooled", pooled)
-    p.dpo_policy("diverse/conditioned", str(tagged_path))
+    epochs = 1.0 if p.quick else float(params.get("epochs", 3.0))  # at 2 epochs the group tag was not yet learned
+    p.dpo_policy("diverse/pooled", pooled, epochs=epochs)
+    p.dpo_policy("diverse/conditioned", str(tagged_path), epochs=epochs)
     table = []
     from .models import load_policy
 

@@ -245,7 +245,7 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
                 save_checkpoint(out, model, optimizer, state, best)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{row['loss/train']:.4f}")
+                bar.set_postfix(loss=f"{row['loss/train']:.4f}", refresh=False)  # refreshing here would defeat mininterval
             if on_step is not None:
                 on_step(state["step"])
             if done or state.get("stopped_early"):
