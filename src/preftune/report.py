@@ -273,7 +273,7 @@ def build(res: dict, figures: list[str]) -> str:
     if "diverse" in res:
         parts.append("<section id='diverse'><h2>6. Diverse preferences</h2>")
         parts.append(
-            f"<p>A share of {h.num('diverse.minority_share', 2)} of the labels come from the group called "minority", who want k + 2 items; "
+            f"<p>A share of {h.num('diverse.minority_share', 2)} of the labels come from the group called 'minority', who want k + 2 items; "
             "the rest from the majority, whose utility is the gold reward. DPO on the pooled labels, and DPO with the labeller's group named in the prompt.</p>"
         )
         parts.append("<table><tr><th>policy</th><th>group</th><th>group's utility</th><th>± CI</th><th>items per answer</th></tr>")
