@@ -42,7 +42,7 @@ HEADLINE = ("base", "demonstrator", "sft", "best-of-n", "raft", "reinforce", "rl
 DEMO_EXPERIMENTS: dict[str, dict] = {
     "methods": {"best_of_n": 16},
     "frontier": {"dpo": [0.1, 0.5, 2.0], "ppo": [0.03, 0.1, 0.3], "rloo": [0.03, 0.1, 0.3]},
-    "overoptimisation": {"comparisons": 300, "algo": "rloo", "iterations": 32, "lr": 3e-4},
+    "overoptimisation": {"comparisons": 300, "algo": "rloo", "iterations": 32, "lr": 1e-3},
     "diverse": {"minority": 0.5, "epochs": 2.0},
 }
 
@@ -351,7 +351,7 @@ def overoptimisation(p: Pipeline, res: dict, params: dict) -> None:
     few = 60 if p.quick else int(params.get("comparisons", 300))
     algo = params.get("algo", "rloo")
     iterations = p.n_iter * 2 if p.quick else int(params.get("iterations", p.n_iter))
-    lr = float(params.get("lr", RLConfig().train.lr))  # the demo uses 3e-4: over-optimisation within its budget
+    lr = float(params.get("lr", RLConfig().train.lr))  # the demo uses 1e-3: over-optimisation within its budget
     rm_dir, rm_eval = p.reward_model(f"rm-few{few}", limit=few)
     runs = []
     for beta in (0.0, RLConfig().beta):
