@@ -31,7 +31,7 @@ from .data import load_prompts, write_jsonl
 from .direct import DPOConfig, dpo
 from .evaluate import demonstrator_samples, evaluate_samples, kl_to_reference, mean_ci, paired_bootstrap, win_rate
 from .preferences import AnnotateCommand, RewardConfig, SampleCommand, annotate, reward, sample_sets
-from .rl import RLConfig, Scorer, best_of_n_kl, pick_best, rl
+from .rl import RLConfig, Scorer, best_of_n_kl, pick_best, rl, score_samples
 from .rollout import Sample, sample
 from .stages import pretrain, set_threads, sft
 from .world import WorldConfig, lists, write_world
@@ -256,21 +256,13 @@ class Pipeline:
         return result
 
     def best_of_n(self, reward_dir: str, n: int) -> dict:
-        from .data import collate
         from .models import load_policy
 
         s = time.perf_counter()
         model, tok = load_policy(self.sft())
-        prompts = self.heldout()
-        cands = sample(model, tok, prompts, replace(self.gen, seed=self.gen.seed + 2), n=n)
-        scorer = Scorer(reward_dir)
-        scores = [
-            scorer(cands[i : i + 256], collate([c.encoded() for c in cands[i : i + 256]], tok.pad_token_id))
-            for i in range(0, len(cands), 256)
-        ]
-        import torch
-
-        best = pick_best(torch.cat(scores), n).tolist()
+        cands = sample(model, tok, self.heldout(), replace(self.gen, seed=self.gen.seed + 2), n=n)
+        scores = score_samples(Scorer(reward_dir), cands, tok.pad_token_id)
+        best = pick_best(scores, n).tolist()
         return self.evaluate("best-of-n", [cands[i] for i in best], kl=best_of_n_kl(n), wall=round(time.perf_counter() - s, 1))
 
     def demonstrator(self) -> dict:

@@ -114,8 +114,9 @@ def _plots(res: dict, figdir: Path) -> list[str]:
         fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 3.8), squeeze=False)
         for ax, run in zip(axes[0], runs):
             c = run["curve"]
-            ax.plot([r["kl"] for r in c], [r["proxy"] for r in c], "o-", ms=3, label="proxy (reward model)")
-            ax.plot([r["kl"] for r in c], [r["gold"] for r in c], "s-", ms=3, label="gold")
+            kl, it = [r["kl"] for r in c], [r["iteration"] for r in c]  # KL need not grow monotonically: points, darker = later
+            ax.scatter(kl, [r["proxy"] for r in c], c=it, cmap="Blues", vmin=-len(c) / 3, marker="o", s=18, label="proxy (reward model)")
+            ax.scatter(kl, [r["gold"] for r in c], c=it, cmap="Oranges", vmin=-len(c) / 3, marker="s", s=18, label="gold")
             ax.set_xscale("symlog", linthresh=1.0)
             ax.set_xlabel("KL(π || π_SFT) of the rollouts, nats")
             ax.set_title(f"β = {run['beta']:g}")
@@ -266,7 +267,12 @@ def build(res: dict, figures: list[str]) -> str:
             )
         parts.append("</ul>")
         if "overoptimisation" in figures:
-            parts.append(_figure("overoptimisation", "Proxy score and gold reward of each iteration's rollouts against their KL to pi_SFT"))
+            parts.append(
+                _figure(
+                    "overoptimisation",
+                    "Proxy score and gold reward of each iteration's rollouts against their KL to pi_SFT (darker = later iteration)",
+                )
+            )
         parts.append("</section>")
 
     # 6: diverse preferences

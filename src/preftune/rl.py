@@ -63,7 +63,7 @@ class RLConfig:
     target_kl: float = doc(0.0, "adaptive KL controller: the sequence KL to steer to (0 = fixed β)")
     kl_horizon: int = doc(10000, "adaptive KL controller horizon, in sequences")
     eos_penalty: float = doc(1.0, "subtracted from the score of a completion that never emits EOS")
-    whiten_rewards: bool = doc(False, "whiten the shaped rewards over each rollout batch")
+    whiten_rewards: bool = doc(False, "whiten the reward model's scores over each rollout batch (before the KL penalty)")
     baseline_decay: float = doc(0.9, "reinforce: moving-average baseline b <- decay·b + (1-decay)·mean R")
     update_epochs: int = doc(0, "passes over each rollout batch (0 = the algorithm's default: 2 for ppo, 1 otherwise)")
     clip: float = doc(0.2, "ppo: policy ratio clip ε")
@@ -199,9 +199,8 @@ class RLHF:
         score = score - cfg.eos_penalty * (~ended).float()
         k1 = losses.kl_k1(old, ref) * mask
         kl_tok = k1 if cfg.kl_estimator == "k1" else losses.kl_k3(old, ref) * mask
-        seq_reward = score - beta * kl_tok.sum(-1)  # (N,)
-        if cfg.whiten_rewards:
-            seq_reward = losses.whiten(seq_reward)
+        used = losses.whiten(score) if cfg.whiten_rewards else score
+        seq_reward = used - beta * kl_tok.sum(-1)  # (N,)
 
         data = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "completion_mask": batch.completion_mask, "old": old}
         stats: dict[str, float] = {}
@@ -224,7 +223,7 @@ class RLHF:
             values = self.value.token_scores(batch.input_ids, batch.attention_mask)[:, :-1] * mask
             rewards = -beta * kl_tok
             last = mask.long().cumsum(-1).argmax(-1)  # index of each row's last completion token
-            rewards[torch.arange(len(samples)), last] += score if not cfg.whiten_rewards else seq_reward + beta * kl_tok.sum(-1)
+            rewards[torch.arange(len(samples)), last] += used
             adv, returns = losses.gae(rewards, values, mask, cfg.gamma, cfg.lam)
             data.update(adv=losses.whiten(adv, mask), returns=returns, values=values)
             var = returns[mask].var()
@@ -413,6 +412,12 @@ class BestOfNCommand:
     gen: GenerateConfig = GenerateConfig()
 
 
+def score_samples(scorer: Scorer, samples: list[Sample], pad_id: int, batch_size: int = 256) -> torch.Tensor:
+    """Scores (N,) of samples, batched."""
+    chunks = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
+    return torch.cat([scorer(c, collate([s.encoded() for s in c], pad_id)) for c in chunks])
+
+
 def pick_best(scores: torch.Tensor, n: int) -> torch.Tensor:
     """Flat indices of the highest score in each consecutive group of ``n`` (ties: the first)."""
     return scores.view(-1, n).argmax(-1) + torch.arange(scores.numel() // n) * n
@@ -429,12 +434,7 @@ def best_of_n(cfg: BestOfNCommand) -> dict:
     prompts = prompts[: cfg.limit] if cfg.limit else prompts
     t0 = time.perf_counter()
     samples = sample(model, tokenizer, prompts, cfg.gen, n=cfg.n, progress=not cfg.json)
-    scores = torch.cat(
-        [
-            scorer(samples[i : i + 256], collate([s.encoded() for s in samples[i : i + 256]], tokenizer.pad_token_id))
-            for i in range(0, len(samples), 256)
-        ]
-    )
+    scores = score_samples(scorer, samples, tokenizer.pad_token_id)
     best = pick_best(scores, cfg.n).tolist()
     chosen = [samples[i] for i in best]
     result = {"score": float(scores[best].mean()), "score_all": float(scores.mean()), "kl": best_of_n_kl(cfg.n), "best_of": cfg.n}
