@@ -30,7 +30,9 @@ from .config import GenerateConfig, PretrainConfig, SFTConfig, TokenConfig, Trai
 from .data import load_prompts, write_jsonl
 from .direct import DPOConfig, dpo
 from .evaluate import demonstrator_samples, evaluate_samples, kl_to_reference, mean_ci, paired_bootstrap, win_rate
+from .models import load_policy
 from .preferences import AnnotateCommand, RewardConfig, SampleCommand, annotate, reward, sample_sets
+from .report import render, summary_table
 from .rl import RLConfig, Scorer, best_of_n_kl, pick_best, rl, score_samples
 from .rollout import Sample, sample
 from .stages import pretrain, set_threads, sft
@@ -214,8 +216,6 @@ class Pipeline:
 
     def _reference(self):
         if self._ref is None:
-            from .models import load_policy
-
             model, tok = load_policy(self.sft())
             prompts = self.heldout()
             self._ref = (model, tok, sample(model, tok, prompts, replace(self.gen, seed=self.gen.seed + 1)))
@@ -233,8 +233,6 @@ class Pipeline:
                 return saved
         s = time.perf_counter()
         if samples is None:
-            from .models import load_policy
-
             model, tok = load_policy(self.path(name))
             samples = sample(model, tok, self.heldout(), self.gen)
             kl_stats = kl_to_reference(samples, ref_model, tok, self.gen.temperature or 1.0)
@@ -256,8 +254,6 @@ class Pipeline:
         return result
 
     def best_of_n(self, reward_dir: str, n: int) -> dict:
-        from .models import load_policy
-
         s = time.perf_counter()
         model, tok = load_policy(self.sft())
         cands = sample(model, tok, self.heldout(), replace(self.gen, seed=self.gen.seed + 2), n=n)
@@ -391,8 +387,6 @@ def diverse(p: Pipeline, res: dict, params: dict) -> None:
     p.dpo_policy("diverse/pooled", pooled, epochs=epochs)
     p.dpo_policy("diverse/conditioned", str(tagged_path), epochs=epochs)
     table = []
-    from .models import load_policy
-
     prompts = p.heldout()
     for policy in ("sft", "diverse/pooled", "diverse/conditioned"):
         model, tok = load_policy(p.path(policy))
@@ -446,7 +440,6 @@ def run(out: str | Path, experiments: dict[str, dict], seed: int = 0, quick: boo
         for i, q in enumerate(p.heldout()[:6])
     ]
     (p.out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
-    from .report import render, summary_table
 
     print("\n" + summary_table(res))
     html = render(p.out)
