@@ -123,6 +123,35 @@ def test_token_and_size_limits(tmp_path):
     assert client.post("/api/label", json=big).status_code == 413
 
 
+def test_concurrent_submits_on_one_store_lose_nothing(tmp_path):
+    """The server's worker threads share one Store: every submit that returns must be stored, and
+    none may fail because another thread's transaction was open."""
+    store = Store(tmp_path / "l.sqlite")
+    store.add_tasks(read_tasks(_tasks_file(tmp_path / "t.jsonl", TASKS * 30)))
+    n = store.n_tasks()
+    returned, errors = [], []
+    start = threading.Barrier(8)
+
+    def work(i):
+        start.wait()
+        for task_id in range(1 + i, n + 1, 8):
+            try:
+                if store.submit(f"ann{i % 3}", task_id, 3):
+                    returned.append((f"ann{i % 3}", task_id))
+                store.next_task(f"ann{i % 3}")
+            except Exception as e:  # noqa: BLE001 - the test is that nothing raises
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stored = {(lab["annotator"], lab["task_id"]) for lab in Store(tmp_path / "l.sqlite").labels()}
+    assert errors == []
+    assert len(returned) == n and set(returned) == stored
+
+
 @pytest.mark.slow
 def test_sigkill_while_annotators_submit_keeps_every_acknowledged_label(tmp_path):
     tasks = _tasks_file(tmp_path / "t.jsonl", TASKS * 40)

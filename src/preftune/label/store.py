@@ -12,6 +12,7 @@ import hashlib
 import json
 import random
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,33 +81,41 @@ class Store:
     def __init__(self, path: str | Path):
         self.path = str(path)
         self.conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # One connection serves the server's worker threads; without this lock one thread's failed
+        # BEGIN (a transaction is already open) rolls back another thread's acknowledged INSERT.
+        self.lock = threading.RLock()
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")  # a committed answer survives a power cut, not only a crash
         self.conn.executescript(SCHEMA)
 
     def add_tasks(self, tasks: list[tuple[str, str, str, str]]) -> int:
         """Load tasks once; a database that already holds tasks keeps them (labels refer to them)."""
-        if self.n_tasks():
-            return 0
-        with self.conn:
-            self.conn.execute("BEGIN")
-            self.conn.executemany("INSERT INTO tasks (prompt, a, b, source) VALUES (?, ?, ?, ?)", tasks)
+        with self.lock:
+            if self.n_tasks():
+                return 0
+            with self.conn:
+                self.conn.execute("BEGIN")
+                self.conn.executemany("INSERT INTO tasks (prompt, a, b, source) VALUES (?, ?, ?, ?)", tasks)
         return len(tasks)
 
     def n_tasks(self) -> int:
-        return self.conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
+        with self.lock:
+            return self.conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
 
     def order(self, annotator: str) -> list[int]:
-        ids = [r[0] for r in self.conn.execute("SELECT id FROM tasks ORDER BY id")]
+        with self.lock:
+            ids = [r[0] for r in self.conn.execute("SELECT id FROM tasks ORDER BY id")]
         _seeded("order", annotator).shuffle(ids)
         return ids
 
     def next_task(self, annotator: str) -> Shown | None:
-        done = {r[0] for r in self.conn.execute("SELECT task_id FROM labels WHERE annotator = ?", (annotator,))}
+        with self.lock:
+            done = {r[0] for r in self.conn.execute("SELECT task_id FROM labels WHERE annotator = ?", (annotator,))}
         order = self.order(annotator)
         for i, task_id in enumerate(order):
             if task_id not in done:
-                prompt, a, b = self.conn.execute("SELECT prompt, a, b FROM tasks WHERE id = ?", (task_id,)).fetchone()
+                with self.lock:
+                    prompt, a, b = self.conn.execute("SELECT prompt, a, b FROM tasks WHERE id = ?", (task_id,)).fetchone()
                 a_shown_as = "A" if _seeded("side", annotator, task_id).random() < 0.5 else "B"
                 left, right = (a, b) if a_shown_as == "A" else (b, a)
                 return Shown(task_id, prompt, left, right, a_shown_as, i + 1, len(order))
@@ -117,21 +126,23 @@ class Store:
         of the same (annotator, task) changes nothing and returns False."""
         if choice is not None and not 1 <= choice <= 8:
             raise ValueError(f"choice must be 1..8, got {choice}")
-        if self.conn.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is None:
-            raise ValueError(f"no task {task_id}")
         a_shown_as = "A" if _seeded("side", annotator, task_id).random() < 0.5 else "B"
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
-            cur = self.conn.execute(
-                "INSERT OR IGNORE INTO labels (annotator, task_id, a_shown_as, choice, comment, created) VALUES (?, ?, ?, ?, ?, ?)",
-                (annotator, task_id, a_shown_as, choice, comment, time.time()),
-            )
-        return cur.rowcount == 1
+        with self.lock:
+            if self.conn.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is None:
+                raise ValueError(f"no task {task_id}")
+            with self.conn:
+                self.conn.execute("BEGIN IMMEDIATE")
+                cur = self.conn.execute(
+                    "INSERT OR IGNORE INTO labels (annotator, task_id, a_shown_as, choice, comment, created) VALUES (?, ?, ?, ?, ?, ?)",
+                    (annotator, task_id, a_shown_as, choice, comment, time.time()),
+                )
+            return cur.rowcount == 1
 
     def labels(self) -> list[dict]:
-        rows = self.conn.execute(
-            "SELECT l.annotator, l.task_id, l.a_shown_as, l.choice, l.comment, t.prompt, t.a, t.b FROM labels l JOIN tasks t ON t.id = l.task_id ORDER BY l.created"
-        )
+        with self.lock:
+            rows = self.conn.execute(
+                "SELECT l.annotator, l.task_id, l.a_shown_as, l.choice, l.comment, t.prompt, t.a, t.b FROM labels l JOIN tasks t ON t.id = l.task_id ORDER BY l.created"
+            ).fetchall()
         keys = ("annotator", "task_id", "a_shown_as", "choice", "comment", "prompt", "a", "b")
         return [dict(zip(keys, r)) for r in rows]
 
