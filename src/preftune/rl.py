@@ -150,6 +150,7 @@ class RLHF:
         self.temperature = cfg.gen.temperature or 1.0
         self.pad = tokenizer.pad_token_id
         self._cached: tuple[int, dict, list] | None = None
+        self._state: tuple[int, dict] | None = None  # (iteration, β and baseline after it)
         self._rows: dict[int, dict] = {}
         if cfg.train.resume and (self.out / "iterations.jsonl").exists():  # keep the rows of rollouts that survive
             for line in (self.out / "iterations.jsonl").read_text().splitlines():
@@ -174,8 +175,11 @@ class RLHF:
         return self.dir / f"iter-{iteration:05d}.pt"
 
     def _state_before(self, iteration: int) -> dict:
+        """β and baseline after the previous iteration: in memory, or from its file after a resume."""
         if iteration == 0:
             return {"beta": self.cfg.beta, "baseline": None}
+        if self._state is not None and self._state[0] == iteration - 1:
+            return self._state[1]
         return torch.load(self._file(iteration - 1), weights_only=False)["state"]
 
     @torch.no_grad()
@@ -197,8 +201,8 @@ class RLHF:
         score = self.scorer(samples, batch).float()
         ended = torch.tensor([s.ended for s in samples])
         score = score - cfg.eos_penalty * (~ended).float()
-        k1 = losses.kl_k1(old, ref) * mask
-        kl_tok = k1 if cfg.kl_estimator == "k1" else losses.kl_k3(old, ref) * mask
+        k1, k3 = losses.kl_k1(old, ref) * mask, losses.kl_k3(old, ref) * mask
+        kl_tok = k1 if cfg.kl_estimator == "k1" else k3
         used = losses.whiten(score) if cfg.whiten_rewards else score
         seq_reward = used - beta * kl_tok.sum(-1)  # (N,)
 
@@ -241,7 +245,7 @@ class RLHF:
             score=float(score.mean()),  # the proxy (reward model) or gold, with the EOS penalty
             reward=float(seq_reward.mean()),  # score - β·KL (whitened if asked)
             kl=float(seq_kl.mean()),  # k1, summed per sequence: Monte Carlo KL(π || π_SFT)
-            kl_k3=float((losses.kl_k3(old, ref) * mask).sum(-1).mean()),
+            kl_k3=float(k3.sum(-1).mean()),
             entropy=float(-old.sum(-1).mean()),  # Monte Carlo sequence entropy, -E[log π(y)]
             length=float(mask.sum(-1).float().mean()),
             eos_rate=float(ended.float().mean()),
@@ -267,6 +271,7 @@ class RLHF:
         path = self._file(epoch)
         blob = torch.load(path, weights_only=False) if path.exists() else self.collect(epoch)
         self._rows[epoch] = dict(blob["stats"])
+        self._state = (epoch, blob["state"])
         self._write_rows()
         n = blob["data"]["input_ids"].shape[0]
         micro = []
@@ -301,8 +306,7 @@ class RLHF:
         with torch.no_grad():
             logp_all = torch.log_softmax(lp.logits.float() / self.temperature, -1)
             entropy = float(-(logp_all.exp() * logp_all).sum(-1)[mask].mean())
-            log_ratio = (lp.token_logps - d["old"])[mask]
-            approx_kl = float((torch.expm1(-log_ratio) + log_ratio).mean())  # k3 of π_old vs π_new
+            approx_kl = float(losses.kl_k3(lp.token_logps, d["old"])[mask].mean())  # k3 of π_new against π_old
         metrics = {"entropy": entropy, "approx_kl": approx_kl}
         n_tok = mask.sum()
         if self.cfg.algo == "raft":
