@@ -11,6 +11,7 @@ import math
 import random
 import statistics
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
@@ -72,18 +73,21 @@ def evaluate_samples(samples: Sequence[Sample]) -> dict[str, float]:
     )
 
 
-def demonstrator_samples(prompts: Sequence[str], seed: int = 0) -> list[Sample]:
-    """The noisy demonstrator's answers to ``prompts`` (they always end)."""
+def demonstrator_samples(prompts: Sequence[str], seed: int = 0, tokenizer=None) -> list[Sample]:
+    """The noisy demonstrator's answers to ``prompts`` (they always end). With a tokenizer, each
+    carries its ids in that tokenizer plus EOS, so lengths count like a policy's."""
     rng = random.Random(f"demonstrator-eval-{seed}")
     demo = lists.Demonstrator()
-    return [Sample(p, demo.answer(p, rng), (), True, 0.0) for p in prompts]
+    out = [Sample(p, demo.answer(p, rng), (), True, 0.0) for p in prompts]
+    if tokenizer is not None:
+        eos = (tokenizer.eos_token_id,)
+        out = [replace(s, completion_ids=tuple(tokenizer(s.completion, add_special_tokens=False)["input_ids"]) + eos) for s in out]
+    return out
 
 
 def evaluate_demonstrator(prompts: Sequence[str], tokenizer, seed: int = 0) -> dict[str, float]:
     """The noisy demonstrator's metrics on the same prompts."""
-    answers = [s.completion for s in demonstrator_samples(prompts, seed)]
-    lengths = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) + 1 for a in answers]
-    return summarize(prompts, answers, [True] * len(answers), lengths)
+    return evaluate_samples(demonstrator_samples(prompts, seed, tokenizer))
 
 
 def win_rate(samples: Sequence[Sample], reference: Sequence[Sample]) -> dict[str, float]:

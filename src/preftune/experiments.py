@@ -121,6 +121,7 @@ class Pipeline:
         self._ref = None
         self._sft_ready = False
         self._samples: str | None = None
+        self._labelled: set[str] = set()
         self.gen = GenerateConfig(seed=seed)
         # quick: a smoke-test scale; the full scale's numbers are in the README
         self.n_iter = 6 if quick else 24  # `preftune rl` defaults to 40; 24 keeps `make demo` inside 15 minutes
@@ -180,8 +181,11 @@ class Pipeline:
         return self._samples
 
     def labels(self, name: str, fmt: str = "pairs", minority: float = 0.0, limit: int = 0) -> str:
-        """Simulated labels of the samples (cheap and deterministic: always rewritten)."""
+        """Simulated labels of the samples (cheap and deterministic: written once per run)."""
         out = self.out / f"data/{name}.jsonl"
+        if name in self._labelled:
+            return str(out)
+        self._labelled.add(name)
         annotate(AnnotateCommand(samples=self.samples(), out=str(out), simulated=True, format=fmt, minority=minority, seed=self.seed))
         if limit:
             rows = [json.loads(line) for line in out.read_text().splitlines()][:limit]
@@ -255,19 +259,14 @@ class Pipeline:
 
     def best_of_n(self, reward_dir: str, n: int) -> dict:
         s = time.perf_counter()
-        model, tok = load_policy(self.sft())
+        model, tok, _ = self._reference()  # pi_SFT, already loaded
         cands = sample(model, tok, self.heldout(), replace(self.gen, seed=self.gen.seed + 2), n=n)
         scores = score_samples(Scorer(reward_dir), cands, tok.pad_token_id)
         best = pick_best(scores, n).tolist()
         return self.evaluate("best-of-n", [cands[i] for i in best], kl=best_of_n_kl(n), wall=round(time.perf_counter() - s, 1))
 
     def demonstrator(self) -> dict:
-        tok = self._reference()[1]
-        samples = [  # lengths in the policy's tokens, EOS included, like a policy's
-            replace(s, completion_ids=tuple(tok(s.completion, add_special_tokens=False)["input_ids"]) + (tok.eos_token_id,))
-            for s in demonstrator_samples(self.heldout(), self.gen.seed)
-        ]
-        return self.evaluate("demonstrator", samples)
+        return self.evaluate("demonstrator", demonstrator_samples(self.heldout(), self.gen.seed, self._reference()[1]))
 
 
 # -------------------------------------------------------------------------------- experiments
