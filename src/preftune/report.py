@@ -70,6 +70,14 @@ class Html:
         return f"{self.num(key + '.diff', -3)} (95% CI {self.num(key + '.lo', -3)} to {self.num(key + '.hi', -3)})"
 
 
+def _head(*titles: str) -> str:
+    return "<tr>" + "".join(f"<th>{t}</th>" for t in titles) + "</tr>"
+
+
+def _row(*cells: str) -> str:
+    return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+
+
 def _figure(name: str, caption: str) -> str:
     return f'<figure><img src="figures/{name}.png" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
 
@@ -171,17 +179,26 @@ def build(res: dict, figures: list[str]) -> str:
     # 1 + 4: methods table and preference tuning against SFT and the demonstrator
     rows = [m for m in HEADLINE if m in pol]
     if rows:
-        parts.append("<section id='methods'><h2>1. Methods</h2><table><tr><th>policy</th><th>gold reward</th><th>± 95% CI</th>")
-        parts.append(
-            "<th>win rate vs SFT</th><th>KL to SFT</th><th>length</th><th>distinct-1</th><th>distinct-2</th><th>well-formed</th><th>train s</th></tr>"
+        titles = (
+            "policy",
+            "gold reward",
+            "± 95% CI",
+            "win rate vs SFT",
+            "KL to SFT",
+            "length",
+            "distinct-1",
+            "distinct-2",
+            "well-formed",
+            "train s",
         )
+        parts.append("<section id='methods'><h2>1. Methods</h2><table>" + _head(*titles))
         for m in rows:
             cells = [
                 h.num(f"policies.{m}.{k}", 3)
                 for k in ("gold", "gold_ci95", "win_rate", "kl", "length", "distinct1", "distinct2", "well_formed")
             ]
             cells.append(h.num(f"policies.{m}.wall_s", 0))
-            parts.append(f"<tr><td>{TITLES[m]}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+            parts.append(_row(TITLES[m], *cells))
         parts.append("</table>")
         parts.append(
             "<p class='note'>KL is the Monte Carlo estimate over each policy's own samples; best-of-n's is the analytic "
@@ -200,12 +217,10 @@ def build(res: dict, figures: list[str]) -> str:
             f"of {h.num('claims.beat_demonstrator.of', 0)} "
             f"({html.escape(', '.join(c['beat_demonstrator']['methods']) or 'none')})."
         )
-        parts.append("</p><table><tr><th>method</th><th>− SFT</th><th>− demonstrator</th></tr>")
+        parts.append("</p><table>" + _head("method", "− SFT", "− demonstrator"))
         for m in ("best-of-n", "raft", "reinforce", "rloo", "ppo", "dpo", "ipo", "unlikelihood"):
             if f"{m}_vs_sft" in c:
-                parts.append(
-                    f"<tr><td>{TITLES[m]}</td><td>{h.interval(f'claims.{m}_vs_sft')}</td><td>{h.interval(f'claims.{m}_vs_demonstrator')}</td></tr>"
-                )
+                parts.append(_row(TITLES[m], h.interval(f"claims.{m}_vs_sft"), h.interval(f"claims.{m}_vs_demonstrator")))
         parts.append("</table></section>")
 
     # 2: frontier, 5: DPO against RLHF
@@ -213,13 +228,11 @@ def build(res: dict, figures: list[str]) -> str:
         parts.append("<section id='frontier'><h2>3. The reward–KL frontier</h2>")
         if "frontier" in figures:
             parts.append(_figure("frontier", "Gold reward against KL to pi_SFT, several beta per method"))
-        parts.append("<table><tr><th>method</th><th>β</th><th>gold</th><th>± CI</th><th>KL</th></tr>")
+        parts.append("<table>" + _head("method", "β", "gold", "± CI", "KL"))
         for method, pts in res["frontier"].items():
             for i, _ in enumerate(pts):
                 k = f"frontier.{method}.{i}"
-                parts.append(
-                    f"<tr><td>{method.upper()}</td><td>{h.num(k + '.beta', 2)}</td><td>{h.num(k + '.gold')}</td><td>{h.num(k + '.gold_ci95')}</td><td>{h.num(k + '.kl')}</td></tr>"
-                )
+                parts.append(_row(method.upper(), h.num(k + ".beta", 2), h.num(k + ".gold"), h.num(k + ".gold_ci95"), h.num(k + ".kl")))
         parts.append("</table>")
         best = claims.get("frontier_best", {})
         if best:
@@ -282,11 +295,11 @@ def build(res: dict, figures: list[str]) -> str:
             f"<p>A share of {h.num('diverse.minority_share', 2)} of the labels come from the group called 'minority', who want k + 2 items; "
             "the rest from the majority, whose utility is the gold reward. DPO on the pooled labels, and DPO with the labeller's group named in the prompt.</p>"
         )
-        parts.append("<table><tr><th>policy</th><th>group</th><th>group's utility</th><th>± CI</th><th>items per answer</th></tr>")
+        parts.append("<table>" + _head("policy", "group", "group's utility", "± CI", "items per answer"))
         for i, r in enumerate(res["diverse"]["rows"]):
             k = f"diverse.rows.{i}"
             parts.append(
-                f"<tr><td>{html.escape(r['policy'])}</td><td>{r['group']}</td><td>{h.num(k + '.utility')}</td><td>{h.num(k + '.ci95')}</td><td>{h.num(k + '.length_items', 2)}</td></tr>"
+                _row(html.escape(r["policy"]), r["group"], h.num(k + ".utility"), h.num(k + ".ci95"), h.num(k + ".length_items", 2))
             )
         parts.append("</table>")
         d = claims.get("diverse", {})
@@ -303,19 +316,11 @@ def build(res: dict, figures: list[str]) -> str:
     # 7: reward model
     if "reward_model" in res:
         parts.append("<section id='reward-model'><h2>7. Reward model against the Bayes optimum</h2><table>")
-        parts.append(
-            "<tr><th>reward model</th><th>held-out accuracy</th><th>Bayes-optimal</th><th>ratio</th><th>Spearman with gold</th></tr>"
-        )
-        parts.append(
-            f"<tr><td>all rankings</td><td>{h.num('reward_model.accuracy')}</td><td>{h.num('reward_model.bayes_optimal_accuracy')}</td>"
-            f"<td>{h.num('reward_model.accuracy_over_bayes')}</td><td>{h.num('reward_model.spearman_gold')}</td></tr>"
-        )
-        if "overoptimisation" in res:
-            k = "overoptimisation.reward_model"
-            parts.append(
-                f"<tr><td>few rankings</td><td>{h.num(k + '.accuracy')}</td><td>{h.num(k + '.bayes_optimal_accuracy')}</td>"
-                f"<td>{h.num(k + '.accuracy_over_bayes')}</td><td>{h.num(k + '.spearman_gold')}</td></tr>"
-            )
+        parts.append(_head("reward model", "held-out accuracy", "Bayes-optimal", "ratio", "Spearman with gold"))
+        models = [("all rankings", "reward_model")] + [("few rankings", "overoptimisation.reward_model")] * ("overoptimisation" in res)
+        for label, k in models:
+            cells = [h.num(f"{k}.{key}") for key in ("accuracy", "bayes_optimal_accuracy", "accuracy_over_bayes", "spearman_gold")]
+            parts.append(_row(label, *cells))
         parts.append(
             "</table><p class='note'>The Bayes-optimal accuracy is E[max(p, 1−p)] of the simulated annotators' own "
             "label probabilities on the same held-out pairs: no model can do better on those labels.</p></section>"
