@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from preftune.config import TrainConfig
+from preftune.commands.dpo import to_pairs
+from preftune.config import DPOConfig, TokenConfig, TrainConfig
 from preftune.data import Comparison, encode, load_comparisons, load_sft
-from preftune.direct import DPOConfig, to_pairs
 from preftune.loop import train
-from preftune.methods.dpo import DirectPreference, delta_loss, reference_logps
+from preftune.methods.dpo import DirectPreference, PairData, preference_loss, reference_logps
 from preftune.methods.reward import RewardTraining, to_units
 from preftune.methods.sft import SFT
 from preftune.models import build_reward_model, load_policy
@@ -80,11 +80,19 @@ def main() -> None:
         results["reward"] = timed(rm, RewardTraining(units, [], tok.pad_token_id, a.batch, 0), a.steps, a.batch, 1e-4)
     if "dpo" in only:
         model, tok = load_policy(model_dir)
-        pairs = to_pairs(load_comparisons(root / "pref.jsonl")[: a.steps * a.batch], tok, DPOConfig(tokens=DPOConfig().tokens).tokens)
+        pairs = to_pairs(load_comparisons(root / "pref.jsonl")[: a.steps * a.batch], tok, TokenConfig(max_length=96, max_prompt_length=64))
         t0 = time.perf_counter()
         pairs = reference_logps(model, pairs, tok.pad_token_id, False)  # once, before training (counted below)
         ref_s = time.perf_counter() - t0
-        pps = timed(model, DirectPreference(pairs, [], tok.pad_token_id, a.batch, 0, delta_loss("dpo", 0.1), 0.1), a.steps, a.batch, 1e-6)
+        pps = timed(
+            model,
+            DirectPreference(
+                PairData(pairs, [], tok.pad_token_id, a.batch, 0), preference_loss(DPOConfig(model="", data="", beta=0.1)), 0.1
+            ),
+            a.steps,
+            a.batch,
+            1e-6,
+        )
         # charge the reference pass to the timed steps, pro rata
         results["dpo"] = 1.0 / (1.0 / pps + ref_s / len(pairs))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

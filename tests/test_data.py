@@ -124,9 +124,12 @@ def test_completion_tokens_are_exactly_the_completion_plus_eos(tokenizer):
     enc = encode(tokenizer, prompt, completion, max_length=128)
     assert list(enc.input_ids[: enc.n_prompt]) == tokenizer(prompt)["input_ids"]
     assert list(enc.input_ids[enc.n_prompt :]) == tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    # the prompt alone never merges with the completion's first token
-    joined = tokenizer(prompt + completion)["input_ids"]
-    assert len(joined) <= len(enc.input_ids) - 1
+    # a boundary inside a word: tokenised together, "fr" + "uits" merge ("fr|uits" -> "fru|its"); encode
+    # keeps the completion's own tokens, so the loss is on exactly what the model must produce
+    prompt, completion = "Human: Name 2 fr", "uits."
+    enc = encode(tokenizer, prompt, completion, max_length=128)
+    assert list(enc.input_ids[enc.n_prompt : -1]) == tokenizer(completion, add_special_tokens=False)["input_ids"]
+    assert list(enc.input_ids[:-1]) != tokenizer(prompt + completion)["input_ids"]  # the joint tokenisation merges across it
 
 
 def test_truncation_policy_cuts_prompt_left_then_completion_right(tokenizer):

@@ -1,11 +1,13 @@
+import math
+
 import pytest
 import torch
 
-from preftune.config import TrainConfig
+from preftune.commands.dpo import cached_reference, to_pairs
+from preftune.config import PREFERENCE_LOSSES, DPOConfig, TrainConfig
 from preftune.data import Comparison, encode
-from preftune.direct import DPOConfig, _cached_reference, to_pairs
 from preftune.loop import train
-from preftune.methods.dpo import DirectPreference, Pair, Unlikelihood, delta_loss, reference_logps
+from preftune.methods.dpo import LOSSES, DirectPreference, Pair, PairData, Unlikelihood, preference_loss, reference_logps
 from preftune.world import lists
 
 
@@ -15,14 +17,19 @@ def _pairs(tokenizer, n=12, seed=0):
     return to_pairs(recs, tokenizer, DPOConfig().tokens)
 
 
+def _method(pairs, held, tokenizer, name, beta=0.1, batch_size=4):
+    loss = preference_loss(DPOConfig(model="m", data="d", loss=name, beta=beta))
+    return DirectPreference(PairData(pairs, held, tokenizer.pad_token_id, batch_size, 0), loss, beta)
+
+
 def test_cached_reference_logps_equal_recomputed(tmp_path, model, tokenizer):
     pairs = _pairs(tokenizer)
     cfg = DPOConfig(model="m")
-    first = _cached_reference(model, pairs, tokenizer.pad_token_id, cfg, tmp_path / "ref.pt")
+    first = cached_reference(model, pairs, tokenizer.pad_token_id, cfg, False, tmp_path / "ref.pt")
     with torch.no_grad():  # perturb the model: a cache hit must not recompute with it
         for p in model.parameters():
             p.add_(0.1)
-    cached = _cached_reference(model, pairs, tokenizer.pad_token_id, cfg, tmp_path / "ref.pt")
+    cached = cached_reference(model, pairs, tokenizer.pad_token_id, cfg, False, tmp_path / "ref.pt")
     assert cached == first
     recomputed = reference_logps(model, pairs, tokenizer.pad_token_id, False)
     assert [p.ref_chosen for p in recomputed] != pytest.approx([p.ref_chosen for p in first])  # the cache really was used
@@ -35,13 +42,13 @@ def test_cached_reference_logps_equal_recomputed(tmp_path, model, tokenizer):
     assert [p.ref_rejected for p in again] == pytest.approx([p.ref_rejected for p in first], abs=1e-4)
 
 
-@pytest.mark.parametrize("name", ["dpo", "ipo", "soft"])
+@pytest.mark.parametrize("name", ["dpo", "ipo", "soft", "simpo"])
 def test_loss_is_identical_batched_together_or_apart(model, tokenizer, name):
     pairs = reference_logps(model, _pairs(tokenizer), tokenizer.pad_token_id, False)
     with torch.no_grad():
         for p in model.parameters():  # move the policy off the reference so Δ != 0
             p.add_(0.01 * torch.randn_like(p))
-    method = DirectPreference(pairs, [], tokenizer.pad_token_id, 4, 0, delta_loss(name, 0.1), 0.1)
+    method = _method(pairs, [], tokenizer, name)
     with torch.no_grad():
         together = method.loss(model, pairs).loss
         apart = sum(method.loss(model, [p]).loss for p in pairs)
@@ -51,7 +58,7 @@ def test_loss_is_identical_batched_together_or_apart(model, tokenizer, name):
 
 def test_dpo_at_the_reference_has_loss_log_2(model, tokenizer):
     pairs = reference_logps(model, _pairs(tokenizer), tokenizer.pad_token_id, False)
-    method = DirectPreference(pairs, [], tokenizer.pad_token_id, 4, 0, delta_loss("dpo", 0.1), 0.1)
+    method = _method(pairs, [], tokenizer, "dpo")
     with torch.no_grad():
         out = method.loss(model, pairs)
     assert out.loss.item() / len(pairs) == pytest.approx(0.693147, abs=1e-4)
@@ -65,9 +72,9 @@ def test_dpo_and_unlikelihood_training_separate_chosen_from_rejected(tmp_path, t
         model = build_model(tokenizer, size="micro", seed=0)
         pairs = reference_logps(model, _pairs(tokenizer, n=16), tokenizer.pad_token_id, False)
         if name == "dpo":
-            method = DirectPreference(pairs, pairs, tokenizer.pad_token_id, 8, 0, delta_loss("dpo", 0.1), 0.1)
+            method = _method(pairs, pairs, tokenizer, "dpo", batch_size=8)
         else:
-            method = Unlikelihood(pairs, pairs, tokenizer.pad_token_id, 8, 0)
+            method = Unlikelihood(PairData(pairs, pairs, tokenizer.pad_token_id, 8, 0))
 
         def gap(m, method=method, pairs=pairs):
             with torch.no_grad():
@@ -88,3 +95,28 @@ def test_rankings_expand_into_every_pair(tokenizer):
     enc = {t: encode(tokenizer, "Human: Name 2 fruits.\n\nAssistant:", t, 96, 64) for t in (" a.", " b.", " c.")}
     assert [(p.chosen, p.rejected) for p in pairs] == [(enc[" c."], enc[" a."]), (enc[" c."], enc[" b."]), (enc[" a."], enc[" b."])]
     assert all(isinstance(p, Pair) for p in pairs)
+
+
+def test_simpo_needs_no_reference_and_uses_mean_logps(model, tokenizer):
+    """SimPO's Δ̄ is mean log π(y_w) - mean log π(y_l) of the policy alone: its loss equals
+    -log σ(β·Δ̄ - γ) computed from the per-token log-probs directly, whatever ref_* the pairs carry."""
+    pairs = [Pair(p.chosen, p.rejected, p.strength, ref_chosen=-100.0, ref_rejected=50.0) for p in _pairs(tokenizer, n=4)]
+    loss = preference_loss(DPOConfig(model="m", data="d", loss="simpo", beta=2.0, simpo_gamma=0.5))
+    assert not loss.reference and loss.length_normalise
+    method = DirectPreference(PairData(pairs, [], tokenizer.pad_token_id, 4, 0), loss, 2.0)
+    with torch.no_grad():
+        got = method.loss(model, pairs).loss.item()
+        want = 0.0
+        for p in pairs:
+            means = []
+            for enc in (p.chosen, p.rejected):
+                ids = torch.tensor([enc.input_ids])
+                logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+                tok = logp.gather(-1, ids[0, 1:, None])[:, 0][enc.n_prompt - 1 :]
+                means.append(tok.mean().item())
+            want += math.log1p(math.exp(-(2.0 * (means[0] - means[1]) - 0.5)))
+    assert got == pytest.approx(want, rel=1e-4)
+
+
+def test_every_loss_name_is_registered_once():
+    assert (*LOSSES, "unlikelihood") == PREFERENCE_LOSSES

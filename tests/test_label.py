@@ -247,6 +247,8 @@ def test_browser_labels_three_tasks_with_mouse_and_keyboard_then_exported_labels
     from preftune.models import save_model
 
     save_model(model, tokenizer, tmp_path / "policy")
-    args = ["reward", "--model", str(tmp_path / "policy"), "--data", str(out), "--eval-data", str(out), "--out", str(tmp_path / "rm")]
-    assert main([*args, "--max-steps", "2", "--batch-size", "2", "--no-world-eval", "--no-progress", "--use-strength"]) == 0
+    args = ["reward", "--model", str(tmp_path / "policy"), "--data", str(out), "--eval-data", str(out), "--train.out", str(tmp_path / "rm")]
+    assert (
+        main([*args, "--train.max-steps", "2", "--train.batch-size", "2", "--no-world-eval", "--train.no-progress", "--use-strength"]) == 0
+    )
     assert (tmp_path / "rm/config.json").exists()

@@ -91,15 +91,15 @@ def test_kill_minus_9_then_resume_via_the_cli(tmp_path):
     cli = [sys.executable, "-m", "preftune.cli"]
     subprocess.run([*cli, "world", "--out", str(tmp_path / "w"), "--corpus", "400", "--sft", "600"], check=True, env=env)
     subprocess.run(
-        [*cli, "pretrain", "--data", str(tmp_path / "w/corpus.jsonl"), "--out", str(tmp_path / "base"), "--size", "micro",
-         "--vocab-size", "400", "--max-steps", "5", "--no-progress"],
+        [*cli, "pretrain", "--data", str(tmp_path / "w/corpus.jsonl"), "--train.out", str(tmp_path / "base"), "--size", "micro",
+         "--vocab-size", "400", "--train.max-steps", "5", "--train.no-progress"],
         check=True, env=env,
     )  # fmt: skip
-    sft = [*cli, "sft", "--model", str(tmp_path / "base"), "--data", str(tmp_path / "w/sft.jsonl"), "--max-steps", "150", "--batch-size", "8",
-           "--save-every", "5", "--no-progress"]  # fmt: skip
-    subprocess.run([*sft, "--out", str(tmp_path / "full")], check=True, env=env)
+    sft = [*cli, "sft", "--model", str(tmp_path / "base"), "--data", str(tmp_path / "w/sft.jsonl"), "--train.max-steps", "150", "--train.batch-size", "8",
+           "--train.save-every", "5", "--train.no-progress"]  # fmt: skip
+    subprocess.run([*sft, "--train.out", str(tmp_path / "full")], check=True, env=env)
 
-    proc = subprocess.Popen([*sft, "--out", str(tmp_path / "killed")], env=env)
+    proc = subprocess.Popen([*sft, "--train.out", str(tmp_path / "killed")], env=env)
     deadline = time.time() + 120
     while time.time() < deadline and not (tmp_path / "killed/checkpoints/step-0000015").exists():
         time.sleep(0.05)
@@ -108,7 +108,7 @@ def test_kill_minus_9_then_resume_via_the_cli(tmp_path):
     assert proc.returncode == -signal.SIGKILL  # killed mid-run, not finished
     assert latest_checkpoint(tmp_path / "killed") is not None
     assert not (tmp_path / "killed/config.json").exists()
-    subprocess.run([*sft, "--out", str(tmp_path / "killed"), "--resume"], check=True, env=env)
+    subprocess.run([*sft, "--train.out", str(tmp_path / "killed"), "--train.resume"], check=True, env=env)
 
     from safetensors.torch import load_file
 

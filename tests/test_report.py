@@ -7,11 +7,14 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-import yaml
 
-from preftune import experiments, report
+from preftune import report
 from preftune.cli import main
+from preftune.commands.experiment import demo
+from preftune.config import DemoConfig
 from preftune.evaluate import paired_bootstrap
+from preftune.experiments import DEMO_FILE, load_spec
+from preftune.experiments.runners import RUNNERS
 from preftune.world import lists
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -35,11 +38,21 @@ def test_group_tag_keeps_the_prompt_parseable():
     assert "(minority)" in tagged and lists.parse_request(tagged) == lists.parse_request(prompt)
 
 
-def test_demo_config_file_is_what_the_demo_runs():
-    spec = yaml.safe_load(Path("configs/demo.yaml").read_text())
-    assert spec["experiments"] == experiments.DEMO_EXPERIMENTS
-    for f in Path("configs").glob("*.yaml"):  # every shipped config names known experiments
-        assert set(yaml.safe_load(f.read_text())["experiments"]) <= set(experiments.RUNNERS), f
+def test_demo_config_file_is_what_the_demo_runs_and_every_config_loads():
+    assert Path("configs/demo.yaml").resolve() == DEMO_FILE.resolve()  # one file, shipped as package data
+    for f in Path("configs").glob("*.yaml"):  # every shipped config names known experiments and valid stage settings
+        spec = load_spec(f)
+        assert set(spec["experiments"]) <= set(RUNNERS), f
+        assert spec["pipeline"]["rl"]["iterations"] == 24 and spec["pipeline"]["sft"]["train"]["epochs"] == 6.0  # the demo's, unless set
+
+
+def test_quick_lays_its_file_over_an_experiment(tmp_path):
+    f = tmp_path / "x.yaml"
+    f.write_text("pipeline: {rl: {beta: 0.2}}\nexperiments: {overoptimisation: {comparisons: 300, lr: 1.0e-3}}\n")
+    quick = load_spec(f, quick=True)
+    assert quick["pipeline"]["rl"] == {"iterations": 6, "beta": 0.2} and quick["pipeline"]["world"]["sft"] == 800
+    assert quick["experiments"] == {"overoptimisation": {"comparisons": 60, "iterations": 12, "lr": 1.0e-3}}
+    assert "diverse" not in quick["experiments"]
 
 
 def test_experiment_file_errors_are_clear(tmp_path, capsys):
@@ -50,6 +63,9 @@ def test_experiment_file_errors_are_clear(tmp_path, capsys):
     bad.write_text("- just a list\n")
     assert main(["experiment", str(bad)]) == 2
     assert "expected a mapping" in capsys.readouterr().err
+    bad.write_text("pipeline: {rl: {betta: 1}}\nexperiments: {methods: {}}\n")
+    assert main(["experiment", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "pipeline.rl: RLConfig has no field 'betta'" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nowhere")]) == 2
 
 
@@ -90,21 +106,30 @@ class _Spans(HTMLParser):
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
-    results = experiments.demo(experiments.DemoConfig(out=str(out), quick=True))
+    results = demo(DemoConfig(out=str(out), quick=True))
     return out, results
 
 
 @pytest.mark.slow
 def test_quick_demo_report_has_every_section_and_its_numbers_are_the_results(quick_demo):
     out, results = quick_demo
-    assert set(results["policies"]) == set(report.HEADLINE)
+    assert set(results["policies"]) == set(report.HEADLINE) - {"grpo", "simpo"}  # the demo's methods table
     saved = json.loads((out / "results.json").read_text())
     page = _Spans()
     page.feed((out / "report.html").read_text())
     assert set(SECTIONS) <= page.ids
     assert len(page.spans) > 150
-    for key, digits, text in page.spans:
-        assert text == report.fmt(report.lookup(saved, key), digits), key
+    for key, digits, text in page.spans:  # each printed number is the file's, rounded as its span says
+        value = saved
+        for part in key.split("."):
+            value = value[int(part)] if isinstance(value, list) else value[part]
+        if value is None:
+            assert text == "–", key
+        elif isinstance(value, bool):
+            assert text == ("yes" if value else "no"), key
+        else:
+            assert float(text) == pytest.approx(value, abs=0.5 * 10 ** -abs(digits) + 1e-9), key
+            assert (text[0] in "+-") == (digits < 0) or value < 0, key
     # no decimal number reaches the page except through a span (samples are model text, allowed)
     visible = " ".join(page.outside)
     visible = visible.split("8. Samples side by side")[0]
@@ -122,7 +147,7 @@ def test_quick_demo_report_has_every_section_and_its_numbers_are_the_results(qui
 @pytest.mark.slow
 def test_quick_demo_reuses_every_stage_when_run_again(quick_demo):
     out, _ = quick_demo
-    again = experiments.demo(experiments.DemoConfig(out=str(out), quick=True))
+    again = demo(DemoConfig(out=str(out), quick=True))
     assert set(again["seconds"]) <= {"total"}  # no stage ran again
     assert again["policies"]["dpo"]["gold"] == json.loads((out / "results.json").read_text())["policies"]["dpo"]["gold"]
 

@@ -6,10 +6,10 @@ from transformers import AutoModelForSequenceClassification
 
 from preftune.config import TrainConfig
 from preftune.data import Comparison, Ranking, collate, encode
+from preftune.evaluate import spearman
 from preftune.loop import train
-from preftune.methods.reward import RewardTraining, to_units
+from preftune.methods.reward import RewardTraining, score_texts, to_units
 from preftune.models import RewardModel, build_reward_model, load_reward_model, save_model
-from preftune.preferences import score_texts, spearman
 from preftune.world import lists
 
 

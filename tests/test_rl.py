@@ -1,3 +1,5 @@
+"""RL: the algorithms on hand-built rollouts, then ``preftune rl`` and ``preftune best-of-n`` end to end."""
+
 import json
 import math
 from dataclasses import replace
@@ -6,123 +8,103 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from preftune import losses, rl
-from preftune.config import GenerateConfig, TrainConfig
-from preftune.data import collate, write_jsonl
-from preftune.logprobs import completion_logps
+from preftune import losses
+from preftune.commands import rl
+from preftune.config import RL_ALGORITHMS, BestOfNConfig, RLConfig, SamplingConfig, TrainConfig
+from preftune.data import write_jsonl
+from preftune.logprobs import LogProbs
+from preftune.methods.algorithms import ALGORITHMS, GRPO, PPO, RAFT, REINFORCE, RLOO
+from preftune.methods.rl import Scorer
 from preftune.models import build_reward_model, save_model
-from preftune.rollout import sample
+from preftune.rollout import Rollout
 from preftune.world import lists
 
-# ------------------------------------------------------------------------------------- the maths
+
+def _rollout(scores, kl=None, lengths=None, beta=0.5):
+    """N right-padded rows: one prompt token, then a completion of lengths[i] tokens; T = 1 + max length."""
+    n = len(scores)
+    lengths = lengths or [3] * n
+    T = 1 + max(lengths)
+    attention = torch.tensor([[t < 1 + m for t in range(T)] for m in lengths])
+    completion = attention.clone()
+    completion[:, 0] = False
+    mask = completion[:, 1:]
+    kl = torch.zeros(n, T - 1) if kl is None else torch.tensor(kl) * mask
+    scores = torch.tensor(scores)
+    zeros = torch.zeros(n, T - 1)
+    return Rollout(
+        torch.arange(n * T).view(n, T) % 7,
+        attention,
+        completion,
+        zeros,
+        zeros,
+        kl,
+        scores,
+        losses.kl_penalised_rewards(scores, kl, beta),
+        beta,
+    )
 
 
-def _gae_loop(rewards, values, gamma, lam):
-    """GAE for one sequence, the textbook way."""
-    T = len(rewards)
-    adv = [0.0] * T
-    last = 0.0
-    for t in reversed(range(T)):
-        next_v = values[t + 1] if t + 1 < T else 0.0
-        delta = rewards[t] + gamma * next_v - values[t]
-        last = delta + gamma * lam * last
-        adv[t] = last
-    return adv, [a + v for a, v in zip(adv, values)]
+class FixedValues:
+    """A value model whose token_scores are given: (N, T), position t values the prefix up to token t."""
+
+    def __init__(self, values):
+        self.values = torch.tensor(values)
+
+    def token_scores(self, input_ids, attention_mask):
+        return self.values[:, : input_ids.shape[1]]
 
 
-@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.8), (1.0, 1.0)])
-def test_gae_matches_a_plain_python_loop(gamma, lam):
-    g = torch.Generator().manual_seed(0)
-    B, T = 5, 11
-    rewards, values = torch.randn(B, T, generator=g), torch.randn(B, T, generator=g)
-    mask = torch.zeros(B, T, dtype=torch.bool)
-    spans = [(0, 11), (3, 9), (2, 3), (5, 11), (1, 6)]  # prompt before, padding after
-    for i, (a, b) in enumerate(spans):
-        mask[i, a:b] = True
-    adv, ret = losses.gae(rewards, values, mask, gamma, lam)
-    for i, (a, b) in enumerate(spans):
-        want_adv, want_ret = _gae_loop(rewards[i, a:b].tolist(), values[i, a:b].tolist(), gamma, lam)
-        assert adv[i, a:b].tolist() == pytest.approx(want_adv, abs=1e-5)
-        assert ret[i, a:b].tolist() == pytest.approx(want_ret, abs=1e-5)
-        assert adv[i, :a].abs().sum() == 0 and adv[i, b:].abs().sum() == 0
+def test_ppo_targets_on_a_hand_computed_rollout():
+    """One completion of 3 tokens (a, b, EOS) after a 1-token prompt; kl = (0.2, -0.1, 0.3), score 1,
+    β = 0.5 -> token rewards (-0.1, 0.05, -0.15 + 1): the score arrives on the last completion token
+    and each token pays -β·kl. Values (0.5, 0.2, 0.4, 9.9) by prefix: the action at position t (token
+    t+1) is valued by the prefix ending at t, so the value after EOS (9.9) is never used.
+    γ = λ = 1: returns = rewards-to-go (0.8, 0.9, 0.85); advantages = returns - V = (0.3, 0.7, 0.45),
+    then whitened: mean 0.48333, sd 0.20207."""
+    rollout = _rollout([1.0], kl=[[0.2, -0.1, 0.3]], beta=0.5)
+    ppo = PPO(FixedValues([[0.5, 0.2, 0.4, 9.9]]), clip=0.2, value_clip=0.2, value_coef=0.1, gamma=1.0, lam=1.0, epochs=2)
+    targets, stats = ppo.targets(rollout, baseline=0.0)
+    assert targets.values[0].tolist() == pytest.approx([0.5, 0.2, 0.4])
+    assert targets.returns[0].tolist() == pytest.approx([0.8, 0.9, 0.85])
+    mean, sd = 1.45 / 3, math.sqrt(((0.3 - 1.45 / 3) ** 2 + (0.7 - 1.45 / 3) ** 2 + (0.45 - 1.45 / 3) ** 2) / 2)
+    assert targets.advantages[0].tolist() == pytest.approx([(a - mean) / sd for a in (0.3, 0.7, 0.45)], abs=1e-5)
+    assert stats["value_mean"] == pytest.approx(1.1 / 3)
+    more_kl = ppo.targets(_rollout([1.0], kl=[[1.2, -0.1, 0.3]], beta=0.5), 0.0)[0]  # kl at the first token +1 -> its return -0.5
+    assert more_kl.returns[0, 0].item() == pytest.approx(0.8 - 0.5)
 
 
-def test_rloo_baseline_is_the_mean_of_the_other_samples():
-    r = torch.tensor([[1.0, 2.0, 3.0, 6.0], [0.0, 0.0, 4.0, -4.0]])
-    b = losses.leave_one_out_baseline(r)
-    assert b.flatten().tolist() == pytest.approx([11 / 3, 10 / 3, 3.0, 2.0, 0.0, 0.0, -4 / 3, 4 / 3])
-    bumped = r.clone()
-    bumped[0, 0] = 100.0  # a sample's own reward never enters its baseline
-    assert losses.leave_one_out_baseline(bumped)[0, 0] == b[0, 0]
-    assert (losses.leave_one_out_baseline(bumped)[0, 1:] != b[0, 1:]).all()
-    with pytest.raises(ValueError):
-        losses.leave_one_out_baseline(torch.ones(3, 1))
+def test_grpo_advantages_are_relative_to_the_group_and_its_loss_gradient_is_minus_a_over_length():
+    """Prompt 1's scores (1, 3): mean 2, sd √2 -> ∓1/√2; prompt 2's (0, 0): 0. At ratio 1 and π = π_ref,
+    the loss is -A per token averaged over the sequence, so d loss / d log π(token) = -A_i / n_i."""
+    grpo = GRPO(k=2, beta=0.1, clip=0.2, scale_std=True)
+    targets, _ = grpo.targets(_rollout([1.0, 3.0, 0.0, 0.0], lengths=[2, 4, 3, 3]), baseline=0.0)
+    assert targets.advantages.tolist() == pytest.approx([-1 / math.sqrt(2), 1 / math.sqrt(2), 0.0, 0.0], abs=1e-4)
+    token_logps = targets.old_logps.clone().requires_grad_(True)
+    mask = targets.mask
+    total, count, metrics = grpo.loss(LogProbs((token_logps * mask).sum(-1), token_logps, mask), targets)
+    total.backward()
+    assert count == 4 and metrics["clipfrac"] == 0.0 and metrics["kl_ref"] == 0.0
+    want = [[-a / n if m else 0.0 for m in row] for a, n, row in zip(targets.advantages.tolist(), (2, 4, 3, 3), mask.tolist())]
+    torch.testing.assert_close(token_logps.grad, torch.tensor(want))
+    centred, _ = GRPO(k=2, beta=0.1, clip=0.2, scale_std=False).targets(_rollout([1.0, 3.0, 0.0, 0.0]), 0.0)
+    assert centred.advantages.tolist() == [-1.0, 1.0, 0.0, 0.0]  # Dr. GRPO
 
 
-@pytest.mark.parametrize(
-    "adv,ratio,zero",
-    [(1.0, 1.5, True), (1.0, 1.1, False), (1.0, 0.5, False), (-1.0, 0.5, True), (-1.0, 0.9, False), (-1.0, 1.5, False)],
-)
-def test_ppo_gradient_is_zero_beyond_the_clip_range_in_the_favoured_direction(adv, ratio, zero):
-    old = torch.tensor([[-1.0]])
-    new = (old + math.log(ratio)).requires_grad_(True)
-    loss, clipped = losses.ppo_clip(new, old, torch.tensor([[adv]]), clip=0.2)
-    loss.sum().backward()
-    assert (new.grad.abs().item() == 0.0) is zero
-    assert bool(clipped.item()) is zero
-    if not zero:  # the unclipped surrogate: d(-A·ρ)/d log π = -A·ρ
-        assert new.grad.item() == pytest.approx(-adv * ratio)
+def test_sequence_algorithms_targets():
+    """Rewards (score - β·Σkl, β = 0.5): (1, 3, 0, 2) - 0.5·(0, 2, 0, 0) = (1, 2, 0, 2), two prompts of 2."""
+    rollout = _rollout([1.0, 3.0, 0.0, 2.0], kl=[[0, 0, 0], [1, 1, 0], [0, 0, 0], [0, 0, 0]])
+    assert rollout.rewards.tolist() == [1.0, 2.0, 0.0, 2.0]
+    assert REINFORCE().targets(rollout, baseline=1.5)[0].advantages.tolist() == [-0.5, 0.5, -1.5, 0.5]
+    assert RLOO(k=2).targets(rollout, 0.0)[0].advantages.tolist() == [-1.0, 1.0, -2.0, 2.0]
+    kept, stats = RAFT(k=2, keep=1).targets(rollout, 0.0)
+    assert kept.scores.tolist() == [3.0, 2.0] and stats["kept_score"] == 2.5
+    with pytest.raises(ValueError, match="rloo needs --k 2"):
+        RLOO(k=1)
 
 
-def test_clipped_value_loss_hand_values():
-    v, old, ret = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0]), torch.tensor([1.0, 1.0])
-    # row 0: unclipped 0, clipped to 0.2 -> (0.2-1)^2 = 0.64, max -> 0.32; row 1: both 1 -> 0.5
-    assert losses.clipped_value_loss(v, old, ret, 0.2).tolist() == pytest.approx([0.32, 0.5])
-
-
-def test_k1_and_k3_are_unbiased_and_k3_is_never_negative():
-    p = torch.tensor([0.5, 0.3, 0.15, 0.05])
-    q = torch.tensor([0.25, 0.25, 0.25, 0.25])
-    kl = float((p * (p / q).log()).sum())
-    y = torch.multinomial(p, 400_000, replacement=True, generator=torch.Generator().manual_seed(0))
-    lp, lq = p.log()[y], q.log()[y]
-    k1, k3 = losses.kl_k1(lp, lq), losses.kl_k3(lp, lq)
-    assert float(k1.mean()) == pytest.approx(kl, abs=0.005)
-    assert float(k3.mean()) == pytest.approx(kl, abs=0.005)
-    assert (k1 < 0).any() and (k3 >= 0).all()
-    assert float(k3.var()) < float(k1.var())  # the reason to prefer it here
-    grid = torch.linspace(-5, 5, 101)
-    assert (losses.kl_k3(grid, torch.zeros_like(grid)) >= 0).all()
-
-
-def test_policy_gradient_and_whiten():
-    logps = torch.tensor([-1.0, -2.0], requires_grad=True)
-    losses.policy_gradient(logps, torch.tensor([2.0, -1.0])).sum().backward()
-    assert logps.grad.tolist() == [-2.0, 1.0]
-    w = losses.whiten(torch.tensor([1.0, 2.0, 3.0, 100.0]), torch.tensor([True, True, True, False]))
-    assert w.tolist() == pytest.approx([-1.0, 0.0, 1.0, 0.0], abs=1e-6)
-
-
-def test_best_of_n_picks_the_maximum_and_its_kl():
-    scores = torch.tensor([0.1, 0.9, 0.3, -1.0, -2.0, -0.5, 4.0, 4.0, 1.0])
-    assert rl.pick_best(scores, 3).tolist() == [1, 5, 6]  # a tie goes to the first
-    assert rl.best_of_n_kl(1) == 0.0
-    assert rl.best_of_n_kl(2) == pytest.approx(math.log(2) - 0.5)
-    assert rl.best_of_n_kl(16) == pytest.approx(math.log(16) - 15 / 16)
-
-
-def test_adaptive_kl_controller():
-    assert rl.adaptive_beta(0.1, 12.0, 6.0, 1000, 10000) == pytest.approx(0.1 * (1 + 0.2 * 0.1))  # error clipped at +0.2
-    assert rl.adaptive_beta(0.1, 5.4, 6.0, 1000, 10000) == pytest.approx(0.1 * (1 - 0.1 * 0.1))
-    assert rl.adaptive_beta(0.1, 6.0, 6.0, 1000, 10000) == 0.1
-
-
-def test_per_token_sampling_logps_equal_the_training_forward(model, tokenizer):
-    prompts = [r["prompt"] for r in lists.prompts(6, seed=3)]
-    samples = sample(model, tokenizer, prompts, GenerateConfig(max_new_tokens=12, temperature=0.7, seed=1), n=2)
-    lp = completion_logps(model, collate([s.encoded() for s in samples], tokenizer.pad_token_id), temperature=0.7)
-    for i, s in enumerate(samples):
-        assert lp.token_logps[i][lp.mask[i]].tolist() == pytest.approx(list(s.token_logps), abs=1e-4)
+def test_every_algorithm_name_is_registered_once():
+    assert tuple(ALGORITHMS) == RL_ALGORITHMS
 
 
 # ------------------------------------------------------------------------------- runs end to end
@@ -147,7 +129,7 @@ def build_model_dir(path, tokenizer):
 
 def _cfg(d, algo, out, **kw):
     train = TrainConfig(out=str(out), lr=1e-3, batch_size=8, warmup=0.0, schedule="constant", save_every=1, progress=False)
-    return rl.RLConfig(
+    return RLConfig(
         model=str(d / "sft"),
         reward=str(d / "rm"),
         prompts=str(d / "prompts.jsonl"),
@@ -156,13 +138,13 @@ def _cfg(d, algo, out, **kw):
         prompts_per_iter=4,
         k=4,
         keep=2,
-        gen=GenerateConfig(max_new_tokens=10),
+        gen=SamplingConfig(max_new_tokens=10),
         train=train,
         **kw,
     )
 
 
-@pytest.mark.parametrize("algo", rl.ALGOS)
+@pytest.mark.parametrize("algo", RL_ALGORITHMS)
 def test_each_algorithm_runs_logs_every_iteration_and_moves_the_policy(world_dir, algo):
     out = world_dir / algo
     extra = {"ptx_data": str(world_dir / "corpus.jsonl"), "ptx_coef": 0.5, "target_kl": 1.0} if algo == "ppo" else {}
@@ -175,6 +157,8 @@ def test_each_algorithm_runs_logs_every_iteration_and_moves_the_policy(world_dir
     assert all("train_s" in r for r in rows[:-1])
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all("approx_kl" in s and "entropy" in s for s in steps)
+    if algo == "grpo":
+        assert all("clipfrac" in s and "kl_ref" in s for s in steps)
     if algo == "ppo":
         assert all("clipfrac" in s and "value_loss" in s and "ptx_nll" in s for s in steps)
         assert "explained_variance" in rows[0]
@@ -185,7 +169,7 @@ def test_each_algorithm_runs_logs_every_iteration_and_moves_the_policy(world_dir
     assert summary["iterations"] == 3 and summary["rollout_s"] > 0
 
 
-@pytest.mark.parametrize("algo", ["reinforce", "ppo"])
+@pytest.mark.parametrize("algo", ["reinforce", "grpo", "ppo"])
 def test_a_resumed_run_equals_an_uninterrupted_one(world_dir, algo, monkeypatch):
     rl.rl(_cfg(world_dir, algo, world_dir / "whole"))
 
@@ -221,15 +205,15 @@ def test_bad_settings_fail_clearly(world_dir):
     with pytest.raises(ValueError, match="rloo needs --k 2"):
         rl.rl(replace(_cfg(world_dir, "rloo", world_dir / "x"), k=1))
     with pytest.raises(ValueError, match="--reward is required"):
-        rl.Scorer("")
+        Scorer("")
 
 
 def test_best_of_n_command_on_gold_beats_one_sample(world_dir):
     common = dict(
-        model=str(world_dir / "sft"), reward="gold", prompts=str(world_dir / "prompts.jsonl"), gen=GenerateConfig(max_new_tokens=10)
+        model=str(world_dir / "sft"), reward="gold", prompts=str(world_dir / "prompts.jsonl"), gen=SamplingConfig(max_new_tokens=10)
     )
-    one = rl.best_of_n(rl.BestOfNCommand(n=1, **common))
-    eight = rl.best_of_n(rl.BestOfNCommand(n=8, out=str(world_dir / "bon.jsonl"), **common))
+    one = rl.best_of_n(BestOfNConfig(n=1, **common))
+    eight = rl.best_of_n(BestOfNConfig(n=8, out=str(world_dir / "bon.jsonl"), **common))
     assert eight["gold"] > one["gold"] and eight["kl"] == pytest.approx(math.log(8) - 7 / 8) and one["kl"] == 0.0
     rows = [json.loads(line) for line in (world_dir / "bon.jsonl").read_text().splitlines()]
     assert len(rows) == 40 and [r["score"] for r in rows] == pytest.approx(

@@ -1,55 +1,69 @@
-"""``preftune``: argument parsing and dispatch only. Flags are generated from the config
-dataclasses, so ``--help`` shows each field's one-line documentation."""
+"""``preftune``: argument parsing and dispatch only.
+
+Flags are generated from the config dataclasses (:mod:`preftune.config`), so ``--help`` shows each
+field's one-line documentation. A field's flag is its path: ``--model``, and for a field of a nested
+group always the group's name in front, ``--train.lr``, ``--gen.seed``, ``--tokens.max-length``
+(the convention of tyro, which cleanrl uses), so a flag's name alone says what it sets. Booleans
+come in pairs (``--train.progress`` / ``--train.no-progress``). ``--config run_config.json``
+replays a run: its values become the defaults, and flags given with it override them.
+
+Why hand-written and not tyro or ``HfArgumentParser``: ``HfArgumentParser`` does not nest
+dataclasses; tyro does, but would be one more dependency whose help text comes from docstrings and
+type annotations rather than the one-line ``doc(...)`` each field already carries. This generator is
+about a hundred lines, and ``tests/test_cli.py`` pins the table of every flag it makes.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from .config import PretrainConfig, SFTConfig
+from .commands import COMMANDS, LABEL_COMMANDS, resolve
+from .config import override
+
+REPLAY_KEYS = ("command", "preftune")  # what save_config adds next to a config's fields
 
 
-def _flags(default: Any, prefix: str = "", seen: set[str] | None = None) -> list[tuple[str, str, Any, Any]]:
-    """(path, dest, field, value) of every leaf field; nested dataclasses are flattened, and a name
-    already taken by an earlier field gets its group's name in front (``--gen-seed`` next to ``--seed``)."""
-    seen = set() if seen is None else seen
-    out = []
-    for f in dataclasses.fields(default):
-        value = getattr(default, f.name)
-        path = f"{prefix}{f.name}"
+def fields_of(cfg: Any, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any]]:
+    """(path, field, value) of every leaf field; nested groups give ``group.field`` paths."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
-            out += _flags(value, f"{path}.", seen)
-            continue
-        dest = f.name if f.name not in seen else path.replace(".", "_")
-        if dest in seen:
-            raise AssertionError(f"flag --{dest} defined twice")
-        seen.add(dest)
-        out.append((path, dest, f, value))
-    return out
-
-
-def _add_fields(parser: argparse.ArgumentParser, default: Any) -> None:
-    groups: dict[str, Any] = {}
-    for path, dest, f, value in _flags(default):
-        group = path.rpartition(".")[0]
-        target = parser if not group else groups.setdefault(group, parser.add_argument_group(group))
-        flag = "--" + dest.replace("_", "-")
-        help_ = f.metadata.get("help", "") + (f" (default: {value})" if value not in ("", ()) else "")
-        if f.metadata.get("positional"):
-            target.add_argument(dest, nargs="?", default=value, help=help_)
-        elif isinstance(value, bool):
-            target.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=value, help=f.metadata.get("help"))
-        elif isinstance(value, tuple):
-            target.add_argument(flag, dest=dest, nargs="+", action="extend", default=[], help=help_)
+            yield from fields_of(value, f"{prefix}{f.name}.")
         else:
-            target.add_argument(flag, dest=dest, type=type(value), default=value, choices=f.metadata.get("choices"), help=help_)
+            yield f"{prefix}{f.name}", f, value
+
+
+def flag(path: str, negate: bool = False) -> str:
+    group, _, name = path.rpartition(".")
+    name = ("no-" if negate else "") + name.replace("_", "-")
+    return f"--{group}.{name}" if group else f"--{name}"
+
+
+def _add_fields(parser: argparse.ArgumentParser, cfg: Any) -> None:
+    groups: dict[str, Any] = {}
+    for path, f, value in fields_of(cfg):
+        group = path.rpartition(".")[0]
+        target = parser if not group else groups.setdefault(group, parser.add_argument_group(f"--{group}.*"))
+        text = f.metadata.get("help", "").replace("%", "%%")
+        shown = f"{text} (default: {value})" if value not in ("", ()) and not isinstance(value, bool) else text
+        if f.metadata.get("positional"):
+            target.add_argument(path, nargs="?", default=value, metavar=path.upper(), help=shown)
+        elif isinstance(value, bool):
+            target.add_argument(flag(path), dest=path, action="store_true", default=value, help=f"{text} (default)" if value else text)
+            target.add_argument(flag(path, negate=True), dest=path, action="store_false", help=argparse.SUPPRESS if value else "(default)")
+        elif isinstance(value, tuple):
+            target.add_argument(flag(path), dest=path, nargs=f.metadata.get("nargs", "+"), default=list(value), help=shown)
+        else:
+            target.add_argument(flag(path), dest=path, type=type(value), default=value, choices=f.metadata.get("choices"), help=shown)
 
 
 def _build(default: Any, ns: argparse.Namespace) -> Any:
-    dests = {path: dest for path, dest, _, _ in _flags(default)}
-
     def build(obj: Any, prefix: str) -> Any:
         kwargs = {}
         for f in dataclasses.fields(obj):
@@ -57,82 +71,89 @@ def _build(default: Any, ns: argparse.Namespace) -> Any:
             if dataclasses.is_dataclass(value):
                 kwargs[f.name] = build(value, f"{path}.")
             else:
-                got = getattr(ns, dests[path])
+                got = getattr(ns, path)
                 kwargs[f.name] = tuple(got) if isinstance(value, tuple) else got
         return type(obj)(**kwargs)
 
     return build(default, "")
 
 
-def _commands() -> dict[str, tuple[str, Any, Any]]:
-    from . import direct, experiments, preferences, report, rl, stages, world
-
-    return {
-        "world": ("write the built-in world's data files (corpus, demonstrations, prompts)", world.WorldConfig(), world.write_world),
-        "pretrain": ("train a tokenizer and a tiny base LM from scratch on a text corpus", PretrainConfig(), stages.pretrain),
-        "sft": ("supervised fine-tuning on demonstrations (completion-only loss; --lora)", SFTConfig(), stages.sft),
-        "generate": ("sample completions for prompts", stages.GenerateCommand(), stages.generate),
-        "sample": ("K completions per prompt, ready for labelling", preferences.SampleCommand(), preferences.sample_sets),
-        "annotate": (
-            "label sampled sets (--simulated: the world's Bradley–Terry annotators)",
-            preferences.AnnotateCommand(),
-            preferences.annotate,
-        ),
-        "reward": (
-            "train a Bradley–Terry reward model from pi_SFT, centre it, evaluate it",
-            preferences.RewardConfig(),
-            preferences.reward,
-        ),
-        "score": ("score (prompt, completion) rows with a reward model", preferences.ScoreCommand(), preferences.score),
-        "dpo": ("direct preference optimisation: dpo, cdpo, ipo, hinge, soft, unlikelihood", direct.DPOConfig(), direct.dpo),
-        "rl": ("RLHF against a reward model with a KL leash: raft, reinforce, rloo, ppo", rl.RLConfig(), rl.rl),
-        "best-of-n": ("sample n, keep the best by reward (KL log n - (n-1)/n)", rl.BestOfNCommand(), rl.best_of_n),
-        "eval": ("gold reward, length, diversity of policies on the lists world", stages.EvalCommand(), stages.evaluate),
-        "demo": (
-            "the whole pipeline and every experiment on the built-in world, with report.html",
-            experiments.DemoConfig(),
-            experiments.demo,
-        ),
-        "experiment": ("run experiments from a config file (configs/*.yaml)", experiments.ExperimentCommand(), experiments.experiment),
-        "report": ("re-render report.html and its figures from a run's results.json", report.ReportCommand(), report.report),
-    }
+def _replayed(config_cls: type, path: str, command: str) -> Any:
+    """The config saved in ``path`` (a run's run_config.json) as this command's defaults."""
+    file = Path(path)
+    if not file.exists():
+        raise FileNotFoundError(f"{file}: no such config file")
+    try:
+        saved = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}:{e.lineno}: invalid JSON: {e.msg}") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{file}: expected a JSON object of {config_cls.__name__} fields")
+    if saved.get("command", command) != command:
+        raise ValueError(f"{file}: a config of `preftune {saved['command']}`, not of `preftune {command}`")
+    return override(config_cls(), {k: v for k, v in saved.items() if k not in REPLAY_KEYS}, str(file))
 
 
-def _label_commands() -> dict[str, tuple[str, Any, Any]]:
-    from . import label
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, tuple[argparse.ArgumentParser, type, str]]]:
+    parser = argparse.ArgumentParser(prog="preftune", description="Align language models with human preferences.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    table: dict[str, tuple[argparse.ArgumentParser, type, str]] = {}
 
-    return {
-        "serve": ("the labelling web page (8-point A/B scale)", label.ServeCommand(), label.serve),
-        "export": ("labels as comparison rows for `reward` and `dpo`", label.ExportCommand(), label.export),
-        "stats": ("inter-annotator agreement and position bias", label.StatsCommand(), label.show_stats),
-    }
+    def add(subparsers, name: str, key: str, help_: str, config_cls: type, target: str) -> None:
+        p = subparsers.add_parser(name, help=help_, description=help_)
+        p.add_argument("--config", metavar="FILE", help="replay a run: its run_config.json gives the defaults; other flags override it")
+        _add_fields(p, config_cls())
+        table[key] = (p, config_cls, target)
+
+    for name, (help_, config_cls, target) in COMMANDS.items():
+        add(sub, name, name, help_, config_cls, target)
+    label_sub = sub.add_parser("label", help="collect human preferences: serve | export | stats").add_subparsers(
+        dest="label_command", required=True, metavar="SUBCOMMAND"
+    )
+    for name, (help_, config_cls, target) in LABEL_COMMANDS.items():
+        add(label_sub, name, f"label {name}", help_, config_cls, target)
+    return parser, table
+
+
+def parse(argv: list[str] | None = None) -> tuple[str, Any, str]:
+    """(command name, its config, "module:function") for a command line; exits on bad usage."""
+    parser, table = _parser()
+    ns = parser.parse_args(argv)
+    name = ns.command if ns.command != "label" else f"label {ns.label_command}"
+    sub, config_cls, target = table[name]
+    default = config_cls()
+    if ns.config:
+        try:
+            default = _replayed(config_cls, ns.config, name)
+        except (FileNotFoundError, ValueError) as e:
+            sub.error(str(e))
+        sub.set_defaults(**{path: list(v) if isinstance(v, tuple) else v for path, _, v in fields_of(default)})
+        ns = parser.parse_args(argv)
+    cfg = _build(default, ns)
+    for path, f, value in fields_of(cfg):
+        if f.metadata.get("required") and value in ("", ()):
+            sub.error(f"{path.upper() if f.metadata.get('positional') else flag(path)} is required")
+    return name, cfg, target
+
+
+def flag_table() -> str:
+    """Every command's flags, one per line: ``command  flag  type  default`` (pinned by a test)."""
+    lines = []
+    for name, (_, config_cls, _) in [*COMMANDS.items(), *((f"label {k}", v) for k, v in LABEL_COMMANDS.items())]:
+        for path, f, value in fields_of(config_cls()):
+            shown = path.upper() if f.metadata.get("positional") else flag(path)
+            lines.append(
+                f"{name:<14} {shown:<28} {type(value).__name__:<6} {value!r}" + ("  required" if f.metadata.get("required") else "")
+            )
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="preftune", description="Align language models with human preferences.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands = _commands()
-    for name, (help_, default, _) in commands.items():
-        p = sub.add_parser(name, help=help_, description=help_)
-        _add_fields(p, default)
-    label_parser = sub.add_parser("label", help="collect human preferences: serve | export | stats")
-    label_sub = label_parser.add_subparsers(dest="label_command", required=True, metavar="SUBCOMMAND")
-    label_commands = _label_commands()
-    for name, (help_, default, _) in label_commands.items():
-        _add_fields(label_sub.add_parser(name, help=help_, description=help_), default)
-    ns = parser.parse_args(argv)
-    if ns.command == "label":
-        _, default, run = label_commands[ns.label_command]
-    else:
-        _, default, run = commands[ns.command]
-    cfg = _build(default, ns)
-    for f in dataclasses.fields(cfg):  # required inputs are the empty-string path fields named here
-        if f.name in ("data", "model", "prompts", "samples", "reward") and getattr(cfg, f.name) in ("", ()):
-            parser.error(f"{ns.command}: --{f.name} is required")
+    name, cfg, target = parse(argv)
     try:
-        run(cfg)
+        resolve(target)(cfg)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"preftune {ns.command}: error: {e}", file=sys.stderr)
+        print(f"preftune {name}: error: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -173,7 +173,7 @@ def load_sft(path: str | Path) -> list[SFTExample]:
 
 
 def load_comparisons(path: str | Path) -> list[Comparison | Ranking]:
-    """Comparison rows: pairs, HH-RLHF whole transcripts, or K-way rankings (see SPEC.md)."""
+    """Comparison rows: pairs, HH-RLHF whole transcripts, or K-way rankings (README: "Data formats")."""
     out: list[Comparison | Ranking] = []
     for where, row in read_rows(path):
         meta = {k: row.get(k) for k in ("annotator", "group")}
@@ -278,7 +278,6 @@ class Batch:
     input_ids: torch.Tensor  # (B, T) long
     attention_mask: torch.Tensor  # (B, T) bool, True on real tokens
     completion_mask: torch.Tensor  # (B, T) bool, True on completion tokens (the ones with loss)
-    extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -300,6 +299,11 @@ def collate(examples: Sequence[Encoded], pad_id: int, padding_side: str = "right
         attention[i, start : start + n] = True
         completion[i, start + e.n_prompt : start + n] = True
     return Batch(input_ids, attention, completion)
+
+
+def batch_count(n_items: int, batch_size: int, drop_last: bool = False) -> int:
+    """How many batches :func:`shuffled_batches` makes of ``n_items``."""
+    return n_items // batch_size if drop_last else -(-n_items // batch_size)
 
 
 def shuffled_batches(items: Sequence, batch_size: int, seed: int, epoch: int, drop_last: bool = False) -> list[list]:

@@ -1,4 +1,5 @@
-"""Evaluation on the built-in world: gold reward with a 95% confidence interval, length, diversity.
+"""Evaluation on the built-in world: gold reward with a 95% confidence interval, length, diversity,
+KL and win rate against a reference, and a reward model against the gold reward.
 
 A confidence interval is the normal approximation ``mean ± 1.96·sd/sqrt(n)`` over prompts.
 distinct-n is the number of distinct n-grams (over whitespace/comma-split words) divided by the
@@ -15,9 +16,12 @@ from dataclasses import replace
 
 import torch
 
-from .data import collate
+from .config import SamplingConfig, TokenConfig
+from .data import Comparison, Ranking, collate, load_prompts
 from .logprobs import completion_logps
-from .rollout import Sample
+from .methods.reward import score_texts
+from .models import load_policy
+from .rollout import Sample, sample
 from .world import lists
 
 
@@ -134,4 +138,92 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
     lines = [head, "-" * len(head)]
     for name, m in rows.items():
         lines.append(f"{name:<{name_w}}  " + "  ".join(f"{m[key]:>11.3f}" if key in m else f"{'-':>11}" for key, _ in cols))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- reward models
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+
+    def ranks(v):
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(v):
+            j = i
+            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+
+    rx, ry = ranks(x), ranks(y)
+    return statistics.correlation(rx, ry) if len(x) > 1 else float("nan")
+
+
+def evaluate_reward_model(
+    rm, tokenizer, held: Sequence[Comparison | Ranking], tau: float, policy: str, prompts_path: str, tokens: TokenConfig, n_fresh: int = 400
+) -> dict:
+    """Held-out accuracy next to the Bayes-optimal accuracy of the same simulated labels, Spearman
+    with the gold reward on fresh policy samples, score spread, and calibration."""
+    groups = {"majority": lists.Annotator(tau, 0), "minority": lists.Annotator(tau, 2)}
+    pairs = [(r.prompt, r.chosen, r.rejected, r.group) for r in held if isinstance(r, Comparison)]
+    for r in held:
+        if isinstance(r, Ranking):
+            pairs += [(r.prompt, r.completions[w], r.completions[l], r.group) for w, l in zip(r.ranking, r.ranking[1:])]
+    s_w = score_texts(rm, tokenizer, [(p, w) for p, w, _, _ in pairs], tokens)
+    s_l = score_texts(rm, tokenizer, [(p, l) for p, _, l, _ in pairs], tokens)
+    accuracy = float((s_w > s_l).float().mean())
+    # Bayes-optimal: the true P(a > b) of the annotator group that labelled each pair.
+    p_true = [groups.get(g or "majority", groups["majority"]).p_prefers_a(p, w, l) for p, w, l, g in pairs]
+    bayes = lists.bayes_optimal_accuracy(p_true)
+    # Calibration: predicted P(chosen > rejected) = sigmoid(s_w - s_l) against how often the
+    # label agreed, in bins of the prediction folded to [0.5, 1].
+    pred = torch.sigmoid(s_w - s_l).tolist()
+    bins = []
+    for lo in (0.5, 0.6, 0.7, 0.8, 0.9):
+        idx = [i for i, q in enumerate(pred) if lo <= max(q, 1 - q) < lo + 0.1 + (1e-9 if lo == 0.9 else 0)]
+        if idx:
+            observed = statistics.fmean(float(pred[i] >= 0.5) for i in idx)
+            bins.append(
+                {
+                    "bin": f"{lo:.1f}-{lo + 0.1:.1f}",
+                    "n": len(idx),
+                    "predicted": statistics.fmean(max(pred[i], 1 - pred[i]) for i in idx),
+                    "observed": observed,
+                }
+            )
+    # Spearman against the gold reward on fresh samples of the policy.
+    model, ptok = load_policy(policy)
+    prompts = (
+        load_prompts(prompts_path)[:n_fresh] if prompts_path else [r["prompt"] for r in lists.prompts(n_fresh, seed=12345, split="heldout")]
+    )
+    fresh = sample(model, ptok, prompts, SamplingConfig(seed=4321))
+    gold = [lists.gold_reward(s.prompt, s.completion, s.ended) for s in fresh]
+    scores = score_texts(rm, tokenizer, [(s.prompt, s.completion) for s in fresh], tokens).tolist()
+    return {
+        "held_out_pairs": len(pairs),
+        "accuracy": accuracy,
+        "bayes_optimal_accuracy": bayes,
+        "accuracy_over_bayes": accuracy / bayes,
+        "spearman_gold": spearman(scores, gold),
+        "fresh_samples": len(fresh),
+        "score_mean": statistics.fmean(scores),
+        "score_std": statistics.stdev(scores),
+        "calibration": bins,
+    }
+
+
+def format_reward_report(r: dict) -> str:
+    lines = [
+        f"held-out accuracy      {r['accuracy']:.3f}  on {r['held_out_pairs']} pairs",
+        f"Bayes-optimal accuracy {r['bayes_optimal_accuracy']:.3f}  (ratio {r['accuracy_over_bayes']:.3f})",
+        f"Spearman with gold     {r['spearman_gold']:.3f}  on {r['fresh_samples']} fresh policy samples",
+        f"score spread           mean {r['score_mean']:+.3f}  sd {r['score_std']:.3f}",
+        "calibration (predicted -> observed agreement with the label):",
+    ]
+    lines += [f"  {b['bin']}  n={b['n']:4d}  {b['predicted']:.3f} -> {b['observed']:.3f}" for b in r["calibration"]]
     return "\n".join(lines)

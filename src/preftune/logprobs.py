@@ -43,7 +43,7 @@ class LogProbs:
     logps: torch.Tensor  # (B,) summed over completion tokens
     token_logps: torch.Tensor  # (B, T-1) zero where mask is False; position t predicts token t+1
     mask: torch.Tensor  # (B, T-1) bool, True on completion tokens
-    logits: torch.Tensor | None = None  # (B, T-1, V) when asked for (entropy, unlikelihood)
+    logits: torch.Tensor | None = None  # (B, T-1, V) when asked for (RL's entropy metric)
 
     @property
     def n_tokens(self) -> torch.Tensor:

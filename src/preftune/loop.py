@@ -41,8 +41,12 @@ class StepLoss:
 class Method(Protocol):
     """A training method: the data it iterates and the loss of one micro-batch."""
 
+    def n_batches(self) -> int:
+        """How many micro-batches every epoch has, known without building them."""
+        ...
+
     def batches(self, epoch: int) -> Sequence[Any]:
-        """The micro-batches of one epoch, in an order fixed by (seed, epoch)."""
+        """The ``n_batches()`` micro-batches of one epoch, in an order fixed by (seed, epoch)."""
         ...
 
     def loss(self, model: torch.nn.Module, batch: Any) -> StepLoss: ...
@@ -68,6 +72,14 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def steps_per_epoch(method: Method, cfg: TrainConfig) -> int:
+    """Optimiser steps in one epoch: the method's micro-batches, ``grad_accum`` to a step."""
+    n_micro = method.n_batches()
+    if n_micro == 0:
+        raise ValueError("the training data yields no batches")
+    return math.ceil(n_micro / cfg.grad_accum)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -114,6 +126,13 @@ def save_checkpoint(out: Path, model, optimizer, state: dict, best: dict | None 
 def latest_checkpoint(out: Path) -> Path | None:
     ckpts = sorted((out / CKPT_DIR).glob("step-*")) if (out / CKPT_DIR).exists() else []
     return ckpts[-1] if ckpts else None
+
+
+def checkpoint_state(out: str | Path) -> dict | None:
+    """The loop state (``step``, ``epoch``, ``step_in_epoch``, ...) of the last complete checkpoint
+    in ``out``, or None: where a resumed run will continue."""
+    ckpt = latest_checkpoint(Path(out))
+    return json.loads((ckpt / "state.json").read_text()) if ckpt is not None else None
 
 
 def _load_params(model, values: dict[str, torch.Tensor], where: Path) -> None:
@@ -165,11 +184,8 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
     torch.manual_seed(cfg.seed)
     optimizer = make_optimizer(model, cfg)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    n_micro = len(method.batches(0))
-    if n_micro == 0:
-        raise ValueError("the training data yields no batches")
-    steps_per_epoch = math.ceil(n_micro / cfg.grad_accum)
-    total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    per_epoch = steps_per_epoch(method, cfg)
+    total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * per_epoch))
     warmup = int(cfg.warmup * total)
 
     state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best": None, "bad_evals": 0}
@@ -196,6 +212,8 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
     model.train()
     while state["step"] < total and not state.get("stopped_early"):
         micro = method.batches(state["epoch"])
+        if len(micro) != method.n_batches():
+            raise AssertionError(f"{type(method).__name__}.batches gave {len(micro)} micro-batches, n_batches() says {method.n_batches()}")
         groups = [micro[i : i + cfg.grad_accum] for i in range(0, len(micro), cfg.grad_accum)]
         for group in groups[state["step_in_epoch"] :]:
             for g in optimizer.param_groups:
@@ -236,7 +254,7 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
             if state["step"] % cfg.log_every == 0 or done or any(k.startswith("eval/") for k in row):
                 last = {
                     "step": state["step"],
-                    "epoch": round(state["step"] / steps_per_epoch, 4),
+                    "epoch": round(state["step"] / per_epoch, 4),
                     **row,
                     "time/elapsed_s": round(time.perf_counter() - start, 3),
                 }

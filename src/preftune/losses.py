@@ -8,6 +8,8 @@ per-micro-batch mean is the classic gradient-accumulation bug).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -92,6 +94,12 @@ def hinge(delta: torch.Tensor, beta: float) -> torch.Tensor:
     return torch.relu(1.0 - beta * delta)
 
 
+def simpo(delta: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
+    """SimPO (Meng et al. 2024, eq. 6): ``-log sigmoid(beta·Δ̄ - gamma)`` with Δ̄ the difference of
+    the *mean* per-token log-probs of y_w and y_l (no reference model); gamma is a target margin."""
+    return -torch.nn.functional.logsigmoid(beta * delta - gamma)
+
+
 def unlikelihood(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Unlikelihood (Welleck et al. 2019) of each sequence's masked tokens: ``-sum_t log(1 - p_t)``.
 
@@ -118,6 +126,53 @@ def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     return torch.expm1(log_r) - log_r
 
 
+def kl_penalised_rewards(scores: torch.Tensor, kl: torch.Tensor, beta: float) -> torch.Tensor:
+    """Sequence rewards ``R = score - β·Σ_t kl_t`` (InstructGPT eq. 2). scores (B,); kl (B, T) zero off the mask."""
+    return scores - beta * kl.sum(-1)
+
+
+def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """PPO's per-token rewards: ``-β·kl_t`` at every completion token, plus the score at the last one.
+
+    scores: (B,); kl: (B, T); mask: (B, T) bool with each row's completion contiguous. Returns (B, T),
+    zero off the mask. The score arrives only when the sequence is complete (Ziegler et al. 2019).
+    """
+    rewards = -beta * kl * mask
+    last = mask.long().cumsum(-1).argmax(-1)  # (B,) index of each row's last completion token
+    rewards[torch.arange(rewards.shape[0]), last] += scores
+    return rewards
+
+
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy ``-Σ_v p_v log p_v`` of each position's next-token distribution. (B, T, V) -> (B, T)."""
+    logp = torch.log_softmax(logits.float() / temperature, -1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def top_k_per_group(rewards: torch.Tensor, k: int, keep: int) -> torch.Tensor:
+    """RAFT's selection: flat indices, ascending, of the ``keep`` highest rewards in each consecutive
+    group of ``k`` (prompt-major order). rewards (P·k,) -> (P·min(keep, k),)."""
+    grouped = rewards.view(-1, k)
+    top = grouped.topk(min(keep, k), dim=-1).indices + torch.arange(grouped.shape[0])[:, None] * k
+    return top.flatten().sort().values
+
+
+def pick_best(scores: torch.Tensor, n: int) -> torch.Tensor:
+    """Best-of-n: flat index of the highest score in each consecutive group of ``n`` (ties: the first)."""
+    return scores.view(-1, n).argmax(-1) + torch.arange(scores.numel() // n) * n
+
+
+def best_of_n_kl(n: int) -> float:
+    """KL(best-of-n || π) = log n - (n-1)/n nats (Stiennon et al. 2020; exact for distinct rewards)."""
+    return math.log(n) - (n - 1) / n
+
+
+def adaptive_beta(beta: float, kl: float, target: float, n_sequences: int, horizon: int) -> float:
+    """Ziegler et al.'s proportional controller: β ← β·(1 + clip(KL/target - 1, ±0.2)·n/horizon)."""
+    error = max(-0.2, min(0.2, kl / target - 1.0))
+    return beta * (1.0 + error * n_sequences / horizon)
+
+
 def leave_one_out_baseline(rewards: torch.Tensor) -> torch.Tensor:
     """RLOO's baseline: for rewards (P, K) of K samples per prompt, each sample's baseline is the
     mean reward of the *other* K-1 samples of its prompt, ``(sum_j R_j - R_i) / (K - 1)``."""
@@ -125,6 +180,16 @@ def leave_one_out_baseline(rewards: torch.Tensor) -> torch.Tensor:
     if k < 2:
         raise ValueError("RLOO needs at least 2 samples per prompt")
     return (rewards.sum(-1, keepdim=True) - rewards) / (k - 1)
+
+
+def group_advantages(rewards: torch.Tensor, scale_std: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's advantages (Shao et al. 2024, eq. 3): within each prompt's group of K samples,
+    ``(R_i - mean) / (std + eps)``, std with Bessel's correction; ``scale_std=False`` keeps only
+    ``R_i - mean`` (Dr. GRPO, Liu et al. 2025). rewards (P, K) -> (P, K)."""
+    if rewards.shape[-1] < 2:
+        raise ValueError("GRPO needs at least 2 samples per prompt")
+    centred = rewards - rewards.mean(-1, keepdim=True)
+    return centred / (rewards.std(-1, keepdim=True) + eps) if scale_std else centred
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
@@ -158,7 +223,7 @@ def gae(
 
 
 def policy_gradient(logps: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
-    """REINFORCE / RLOO per sequence: ``-A · log π(y)``, with A held constant. (B,) -> (B,)."""
+    """REINFORCE / RLOO per sequence (Williams 1992): ``-A · log π(y)``, with A held constant. (B,) -> (B,)."""
     return -advantages.detach() * logps
 
 
@@ -174,6 +239,13 @@ def ppo_clip(
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip, 1.0 + clip)
     return torch.maximum(unclipped, clipped), clipped > unclipped
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """``1 - Var[R - V] / Var[R]`` over the masked tokens: 1 for a perfect value model, 0 for a
+    constant one, negative for one worse than its mean. NaN when the returns do not vary."""
+    var = returns[mask].var()
+    return float(1 - (returns - values)[mask].var() / var) if var > 0 else float("nan")
 
 
 def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip: float) -> torch.Tensor:

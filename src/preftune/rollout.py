@@ -12,11 +12,11 @@ from __future__ import annotations
 import inspect
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
-from .config import GenerateConfig
+from .config import SamplingConfig
 from .data import Encoded, collate, encode
 from .logprobs import gather_token_logps, position_ids
 
@@ -54,7 +54,7 @@ def sample(
     model,
     tokenizer,
     prompts: Sequence[str],
-    cfg: GenerateConfig = GenerateConfig(),
+    cfg: SamplingConfig = SamplingConfig(),
     n: int = 1,
     max_prompt_length: int = 96,
     progress: bool = False,
@@ -89,7 +89,7 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _sample_batch(model, tokenizer, prompts, prompt_ids, input_ids, attention_mask, cfg: GenerateConfig, gen, eos: int) -> list[Sample]:
+def _sample_batch(model, tokenizer, prompts, prompt_ids, input_ids, attention_mask, cfg: SamplingConfig, gen, eos: int) -> list[Sample]:
     B = input_ids.shape[0]
     cache_kw = _cache_kwarg(model)
     pos = position_ids(attention_mask)
@@ -133,3 +133,52 @@ def _sample_batch(model, tokenizer, prompts, prompt_ids, input_ids, attention_ma
             Sample(prompts[i], text, tuple(row[:cut]), ended, float(token_lps.sum()), tuple(prompt_ids[i]), tuple(token_lps.tolist()))
         )
     return samples
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One RL iteration's samples as tensors, scored and compared with the reference.
+
+    Sequence tensors are (N, T), right-padded; token tensors are (N, T-1), aligned with
+    :attr:`preftune.logprobs.LogProbs.token_logps` (position t holds token t+1) and zero off
+    :attr:`mask`. Algorithms fill in ``advantages`` (N,) or (N, T-1), and PPO ``returns`` and ``values``.
+    """
+
+    input_ids: torch.Tensor  # (N, T)
+    attention_mask: torch.Tensor  # (N, T) bool
+    completion_mask: torch.Tensor  # (N, T) bool
+    old_logps: torch.Tensor  # (N, T-1) the sampling policy's log-probs ("old" in PPO)
+    ref_logps: torch.Tensor  # (N, T-1) the frozen reference's
+    kl: torch.Tensor  # (N, T-1) the per-token KL estimate (k1 or k3) the rewards are penalised with
+    scores: torch.Tensor  # (N,) reward model or gold, minus the EOS penalty, whitened if asked
+    rewards: torch.Tensor  # (N,) scores - beta·Σ kl
+    beta: float  # the KL coefficient of this rollout
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None  # (N, T-1)
+    values: torch.Tensor | None = None  # (N, T-1) the value model's at rollout time
+
+    _SEQUENCE_FIELDS = ("input_ids", "attention_mask", "completion_mask")
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """(N, T-1) bool: True on completion tokens, aligned with the token tensors."""
+        return self.completion_mask[:, 1:]
+
+    def rows(self, idx: torch.Tensor) -> Rollout:
+        """The rows ``idx``, with the columns that are padding in all of them dropped."""
+        width = int(self.attention_mask[idx].sum(-1).max())  # right padding: the longest real row
+
+        def pick(name: str, v):
+            if not isinstance(v, torch.Tensor):
+                return v
+            if v.ndim == 1:
+                return v[idx]
+            return v[idx, :width] if name in self._SEQUENCE_FIELDS else v[idx, : width - 1]
+
+        return Rollout(**{f.name: pick(f.name, getattr(self, f.name)) for f in fields(self)})
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -1,9 +1,10 @@
 """Direct preference optimisation and its relatives, plus the unlikelihood baseline.
 
-The loss is chosen once, at construction, as a function of Δ (see :mod:`preftune.losses`).
-Chosen and rejected completions of a micro-batch go through one forward pass. Reference
-log-probs are computed once, before training, by :func:`reference_logps` and stored on the
-pairs, so no second model sits in memory while training.
+Each loss is a function of Δ (see :mod:`preftune.losses`), chosen once, by name, in
+:data:`LOSSES`. Chosen and rejected completions of a micro-batch go through one forward pass.
+Reference log-probs are computed once, before training, by :func:`reference_logps` and stored on
+the pairs, so no second model sits in memory while training; a reference-free loss (SimPO) skips
+them and Δ is the difference of the policy's own log-probs.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ from dataclasses import dataclass, replace
 import torch
 
 from .. import losses
-from ..data import Encoded, collate, shuffled_batches
+from ..config import DPOConfig
+from ..data import Encoded, batch_count, collate, shuffled_batches
 from ..logprobs import LogProbs, completion_logps
 from ..loop import StepLoss
-
-LOSSES = ("dpo", "cdpo", "ipo", "hinge", "soft", "unlikelihood")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,34 @@ class Pair:
     strength: float = 1.0  # 8-point strength in [0, 1]; 1 when not given
     ref_chosen: float = 0.0  # log π_ref(y_w | x), filled by reference_logps
     ref_rejected: float = 0.0
+
+
+@dataclass(frozen=True)
+class PreferenceLoss:
+    """A per-pair loss ``fn(Δ, strength) -> (B,)``, whether Δ subtracts the reference's log-ratios,
+    and whether log-probs are per-token means instead of sums."""
+
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    reference: bool = True
+    length_normalise: bool = False
+
+
+# The one place a preference loss is chosen by name. The unlikelihood baseline is no function of Δ:
+# it is its own method, :class:`Unlikelihood`.
+LOSSES: dict[str, Callable[[DPOConfig], PreferenceLoss]] = {
+    "dpo": lambda c: PreferenceLoss(lambda d, s: losses.dpo(d, c.beta), True, c.length_normalise),
+    "cdpo": lambda c: PreferenceLoss(lambda d, s: losses.cdpo(d, c.beta, c.label_smoothing), True, c.length_normalise),
+    "ipo": lambda c: PreferenceLoss(lambda d, s: losses.ipo(d, c.beta), True, c.length_normalise),
+    "hinge": lambda c: PreferenceLoss(lambda d, s: losses.hinge(d, c.beta), True, c.length_normalise),
+    "soft": lambda c: PreferenceLoss(lambda d, s: losses.soft_dpo(d, c.beta, 0.5 + 0.5 * s), True, c.length_normalise),
+    "simpo": lambda c: PreferenceLoss(lambda d, s: losses.simpo(d, c.beta, c.simpo_gamma), reference=False, length_normalise=True),
+}
+
+
+def preference_loss(cfg: DPOConfig) -> PreferenceLoss:
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"unknown preference loss {cfg.loss!r}; choose from {tuple(LOSSES)} or 'unlikelihood'")
+    return LOSSES[cfg.loss](cfg)
 
 
 def _forward(model, pairs: Sequence[Pair], pad_id: int, length_normalise: bool) -> tuple[LogProbs, torch.Tensor, torch.Tensor]:
@@ -53,55 +81,48 @@ def reference_logps(model, pairs: Sequence[Pair], pad_id: int, length_normalise:
     return out
 
 
-def delta_loss(name: str, beta: float, label_smoothing: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The per-pair loss ``f(Δ, strength) -> (B,)`` of a method name (chosen once, here)."""
-    if name == "dpo":
-        return lambda delta, strength: losses.dpo(delta, beta)
-    if name == "cdpo":
-        return lambda delta, strength: losses.cdpo(delta, beta, label_smoothing)
-    if name == "ipo":
-        return lambda delta, strength: losses.ipo(delta, beta)
-    if name == "hinge":
-        return lambda delta, strength: losses.hinge(delta, beta)
-    if name == "soft":
-        return lambda delta, strength: losses.soft_dpo(delta, beta, 0.5 + 0.5 * strength)
-    raise ValueError(f"unknown preference loss {name!r}; choose from {LOSSES}")
+@dataclass(frozen=True)
+class PairData:
+    """The pairs a preference method trains and evaluates on, and how they are batched."""
 
+    train: Sequence[Pair]
+    held_out: Sequence[Pair]
+    pad_id: int
+    batch_size: int
+    seed: int
 
-class DirectPreference:
-    """DPO-family training on pairs whose reference log-probs are already cached."""
-
-    monitor = ("accuracy", "max")
-
-    def __init__(
-        self,
-        train: Sequence[Pair],
-        held_out: Sequence[Pair],
-        pad_id: int,
-        batch_size: int,
-        seed: int,
-        loss: Callable,
-        beta: float,
-        length_normalise: bool = False,
-    ):
-        self.train, self.held_out = list(train), list(held_out)
-        self.pad_id, self.batch_size, self.seed = pad_id, batch_size, seed
-        self.delta_loss, self.beta, self.length_normalise = loss, beta, length_normalise
+    def n_batches(self) -> int:
+        return batch_count(len(self.train), self.batch_size)
 
     def batches(self, epoch: int) -> list[list[Pair]]:
         return shuffled_batches(self.train, self.batch_size, self.seed, epoch)
 
+    def held_out_chunks(self) -> list[Sequence[Pair]]:
+        size = 2 * self.batch_size
+        return [self.held_out[i : i + size] for i in range(0, len(self.held_out), size)]
+
+
+class DirectPreference:
+    """DPO-family training: a :class:`PreferenceLoss` of Δ on pairs whose reference log-probs are cached."""
+
+    monitor = ("accuracy", "max")
+
+    def __init__(self, data: PairData, loss: PreferenceLoss, beta: float):
+        self.data, self.preference_loss, self.beta = data, loss, beta
+        self.n_batches, self.batches = data.n_batches, data.batches
+
     def _terms(self, model, pairs):
-        _, c, r = _forward(model, pairs, self.pad_id, self.length_normalise)
-        ref_c = torch.tensor([p.ref_chosen for p in pairs])
-        ref_r = torch.tensor([p.ref_rejected for p in pairs])
+        _, c, r = _forward(model, pairs, self.data.pad_id, self.preference_loss.length_normalise)
+        use_ref = self.preference_loss.reference  # a reference-free loss: Δ from the policy alone
+        ref_c = torch.tensor([p.ref_chosen if use_ref else 0.0 for p in pairs])
+        ref_r = torch.tensor([p.ref_rejected if use_ref else 0.0 for p in pairs])
         delta = losses.preference_delta(c, r, ref_c, ref_r)
         return c, r, ref_c, ref_r, delta
 
     def loss(self, model, pairs: list[Pair]) -> StepLoss:
         c, r, ref_c, ref_r, delta = self._terms(model, pairs)
-        loss = self.delta_loss(delta, torch.tensor([p.strength for p in pairs])).sum()
-        reward_c, reward_r = self.beta * (c - ref_c).detach(), self.beta * (r - ref_r).detach()
+        loss = self.preference_loss.fn(delta, torch.tensor([p.strength for p in pairs])).sum()
+        reward_c, reward_r = self.beta * (c - ref_c).detach(), self.beta * (r - ref_r).detach()  # the implicit rewards
         metrics = {
             "rewards/chosen": reward_c.mean().item(),
             "rewards/rejected": reward_r.mean().item(),
@@ -113,35 +134,49 @@ class DirectPreference:
         return StepLoss(loss, len(pairs), metrics)
 
     def evaluate(self, model) -> dict[str, float]:
-        if not self.held_out:
-            return {}
         correct, total, n = 0, 0.0, 0
-        for i in range(0, len(self.held_out), 2 * self.batch_size):
-            pairs = self.held_out[i : i + 2 * self.batch_size]
+        for pairs in self.data.held_out_chunks():
             *_, delta = self._terms(model, pairs)
             correct += (delta > 0).sum().item()
-            total += self.delta_loss(delta, torch.tensor([p.strength for p in pairs])).sum().item()
+            total += self.preference_loss.fn(delta, torch.tensor([p.strength for p in pairs])).sum().item()
             n += len(pairs)
-        return {"accuracy": correct / n, "loss": total / n}
+        return {"accuracy": correct / n, "loss": total / n} if n else {}
 
 
-class Unlikelihood(DirectPreference):
+class Unlikelihood:
     """The baseline with no reference: likelihood on y_w plus unlikelihood ``-log(1 - p)`` on y_l's
     tokens, each a token mean per pair. Unconstrained, it drifts (and degenerates)."""
 
-    def __init__(self, train: Sequence[Pair], held_out: Sequence[Pair], pad_id: int, batch_size: int, seed: int):
-        super().__init__(train, held_out, pad_id, batch_size, seed, loss=lambda delta, strength: losses.dpo(delta, 1.0), beta=1.0)
+    monitor = ("accuracy", "max")
 
-    def loss(self, model, pairs: list[Pair]) -> StepLoss:
-        lp, c, r = _forward(model, pairs, self.pad_id, length_normalise=False)
+    def __init__(self, data: PairData):
+        self.data = data
+        self.n_batches, self.batches = data.n_batches, data.batches
+
+    def _terms(self, model, pairs):
+        lp, c, r = _forward(model, pairs, self.data.pad_id, length_normalise=False)
         B = len(pairs)
         n = lp.n_tokens.clamp(min=1)
         nll = -(lp.token_logps[:B].sum(-1) / n[:B])  # (B,) token-mean NLL of y_w
         ul = losses.unlikelihood(lp.token_logps[B:], lp.mask[B:]) / n[B:]  # (B,) token-mean unlikelihood of y_l
+        return c, r, nll, ul
+
+    def loss(self, model, pairs: list[Pair]) -> StepLoss:
+        c, r, nll, ul = self._terms(model, pairs)
         metrics = {
             "logps/chosen": c.mean().item(),
             "logps/rejected": r.mean().item(),
             "nll/chosen": nll.mean().item(),
             "ul/rejected": ul.mean().item(),
         }
-        return StepLoss((nll + ul).sum(), B, metrics)
+        return StepLoss((nll + ul).sum(), len(pairs), metrics)
+
+    def evaluate(self, model) -> dict[str, float]:
+        """Held-out share of pairs where log π(y_w) > log π(y_l), and the loss."""
+        correct, total, n = 0, 0.0, 0
+        for pairs in self.data.held_out_chunks():
+            c, r, nll, ul = self._terms(model, pairs)
+            correct += (c > r).sum().item()
+            total += (nll + ul).sum().item()
+            n += len(pairs)
+        return {"accuracy": correct / n, "loss": total / n} if n else {}

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from .. import losses
-from ..data import Comparison, Encoded, Ranking, collate, encode, shuffled_batches
+from ..config import TokenConfig
+from ..data import Comparison, Encoded, Ranking, batch_count, collate, encode, shuffled_batches
 from ..loop import StepLoss
 
 
@@ -62,6 +63,9 @@ class RewardTraining:
         self.pad_id, self.batch_size, self.seed = pad_id, batch_size, seed
         self.margin, self.ranking_loss = margin, ranking_loss
 
+    def n_batches(self) -> int:
+        return batch_count(len(self.train), self.batch_size)
+
     def batches(self, epoch: int) -> list[list[Unit]]:
         return shuffled_batches(self.train, self.batch_size, self.seed, epoch)
 
@@ -107,3 +111,15 @@ class RewardTraining:
             n += len(chosen)
             loss += losses.bradley_terry(chosen, rejected).sum().item()
         return {"accuracy": correct / n, "loss": loss / n}
+
+
+@torch.no_grad()
+def score_texts(rm, tokenizer, pairs: Sequence[tuple[str, str]], tokens: TokenConfig = TokenConfig(), batch_size: int = 64) -> torch.Tensor:
+    """Reward-model scores (N,) of (prompt, completion) pairs; each completion is scored with its EOS."""
+    rm.eval()
+    out = []
+    for i in range(0, len(pairs), batch_size):
+        enc = [encode(tokenizer, p, c, tokens.max_length, tokens.max_prompt_length) for p, c in pairs[i : i + batch_size]]
+        batch = collate(enc, tokenizer.pad_token_id)
+        out.append(rm(batch.input_ids, batch.attention_mask))
+    return torch.cat(out) if out else torch.zeros(0)

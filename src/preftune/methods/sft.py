@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import losses
-from ..data import Batch, Encoded, collate, shuffled_batches
+from ..data import Batch, Encoded, batch_count, collate, shuffled_batches
 from ..logprobs import completion_logps
 from ..loop import StepLoss
 
@@ -22,6 +22,9 @@ class SFT:
     def __init__(self, train: Sequence[Encoded], pad_id: int, batch_size: int, seed: int, held_out: Sequence[Encoded] = ()):
         self.train, self.held_out = list(train), list(held_out)
         self.pad_id, self.batch_size, self.seed = pad_id, batch_size, seed
+
+    def n_batches(self) -> int:
+        return batch_count(len(self.train), self.batch_size)
 
     def batches(self, epoch: int) -> list[list[Encoded]]:
         return shuffled_batches(self.train, self.batch_size, self.seed, epoch)

@@ -1,21 +1,10 @@
 """The built-in "lists" world (see :mod:`preftune.world.lists`)."""
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import doc
+from ..config import WorldConfig
 from ..data import write_jsonl
 from . import lists
-
-
-@dataclass(frozen=True)
-class WorldConfig:
-    out: str = doc("data/lists", "directory to write the world's data files into")
-    seed: int = doc(0, "seed; the same seed gives the same files byte for byte")
-    corpus: int = doc(20000, "pretraining documents (corpus.jsonl)")
-    sft: int = doc(4000, "demonstrations by the noisy demonstrator (sft.jsonl)")
-    prompts: int = doc(2000, "training prompts for sampling and RL (prompts.jsonl)")
-    heldout: int = doc(500, "held-out evaluation prompts, from templates never trained on (heldout.jsonl)")
 
 
 def write_world(cfg: WorldConfig) -> dict[str, Path]:

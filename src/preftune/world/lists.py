@@ -311,9 +311,3 @@ class Annotator:
 def bayes_optimal_accuracy(probs: list[float]) -> float:
     """Best accuracy any model can reach on BT labels with these ``P(a > b)``: ``E[max(p, 1-p)]``."""
     return sum(max(p, 1.0 - p) for p in probs) / len(probs)
-
-
-DEFAULT_GROUPS: tuple[tuple[Annotator, float], ...] = (
-    (Annotator(extra=0, group="majority"), 0.7),
-    (Annotator(extra=2, group="minority"), 0.3),
-)

@@ -1,0 +1,7 @@
+"""``python -m preftune``: the same as the ``preftune`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

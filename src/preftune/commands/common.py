@@ -1,0 +1,48 @@
+"""Helpers every command shares: threads, the held-out split, prompts with a limit, printing rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Sequence
+
+import torch
+
+from ..data import Encoded, load_prompts, write_jsonl
+
+
+def set_threads() -> None:
+    """Torch threads: ``PREFTUNE_THREADS``, else every core."""
+    torch.set_num_threads(int(os.environ.get("PREFTUNE_THREADS", os.cpu_count() or 1)))
+
+
+def held_out_split(items: list, fraction: float = 0.05, seed: int = 0) -> tuple[list, list]:
+    """A seeded (train, held-out) split; nothing is held out of fewer than 20 items."""
+    order = list(range(len(items)))
+    random.Random(f"holdout-{seed}").shuffle(order)
+    k = max(1, int(len(items) * fraction)) if len(items) >= 20 else 0
+    held = set(order[:k])
+    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+
+
+def report_truncation(encoded: Sequence[Encoded], what: str) -> None:
+    n = sum(e.truncated for e in encoded)
+    if n:
+        print(f"note: {n} of {len(encoded)} {what} were truncated (policy: preftune.data module doc)")
+
+
+def prompts_from(path: str, limit: int = 0) -> list[str]:
+    """The prompts of a ``{'prompt'}`` file, only the first ``limit`` when it is not 0."""
+    prompts = load_prompts(path)
+    return prompts[:limit] if limit else prompts
+
+
+def emit_rows(rows: list[dict], out: str, what: str) -> None:
+    """Write rows to ``out`` as JSONL, or print them one JSON object per line when ``out`` is empty."""
+    if out:
+        write_jsonl(out, rows)
+        print(f"wrote {len(rows)} {what} to {out}")
+    else:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))

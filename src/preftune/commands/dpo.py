@@ -1,0 +1,78 @@
+"""``preftune dpo``: direct preference optimisation (and relatives) against a frozen pi_SFT."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..config import DPOConfig, TokenConfig, save_config, to_dict
+from ..data import Comparison, Ranking, encode, load_comparisons
+from ..loop import train
+from ..methods.dpo import DirectPreference, Pair, PairData, Unlikelihood, preference_loss, reference_logps
+from ..models import add_lora, load_policy, save_model
+from .common import held_out_split, set_threads
+
+
+def to_pairs(records, tokenizer, tokens: TokenConfig) -> list[Pair]:
+    """Tokenised pairs; a ranking gives every (better, worse) pair of its completions."""
+    pairs = []
+    for r in records:
+        if isinstance(r, Ranking):
+            items = [(r.completions[w], r.completions[l], 1.0) for i, w in enumerate(r.ranking) for l in r.ranking[i + 1 :]]
+        else:
+            assert isinstance(r, Comparison)
+            items = [(r.chosen, r.rejected, 1.0 if r.strength is None else r.strength)]
+        for chosen, rejected, strength in items:
+            enc = [encode(tokenizer, r.prompt, t, tokens.max_length, tokens.max_prompt_length) for t in (chosen, rejected)]
+            pairs.append(Pair(enc[0], enc[1], strength))
+    return pairs
+
+
+def cached_reference(model, pairs: list[Pair], pad_id: int, cfg: DPOConfig, length_normalise: bool, path: Path) -> list[Pair]:
+    """Reference log-probs, computed once and cached with the run (keyed by model, data and settings)."""
+    key = hashlib.sha256(
+        json.dumps([cfg.model, length_normalise, to_dict(cfg.tokens), [(p.chosen.input_ids, p.rejected.input_ids) for p in pairs]]).encode()
+    ).hexdigest()
+    if path.exists():
+        blob = torch.load(path, weights_only=True)
+        if blob.get("key") == key:
+            return [Pair(p.chosen, p.rejected, p.strength, float(c), float(r)) for p, c, r in zip(pairs, blob["chosen"], blob["rejected"])]
+    done = reference_logps(model, pairs, pad_id, length_normalise)
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {"key": key, "chosen": torch.tensor([p.ref_chosen for p in done]), "rejected": torch.tensor([p.ref_rejected for p in done])}, tmp
+    )
+    tmp.replace(path)
+    return done
+
+
+def dpo(cfg: DPOConfig) -> Path:
+    set_threads()
+    out = Path(cfg.train.out)
+    model, tokenizer = load_policy(cfg.model)
+    save_config(cfg, out / "run_config.json", command="dpo", preftune=__version__)
+    records = load_comparisons(cfg.data)
+    held_records = load_comparisons(cfg.eval_data) if cfg.eval_data else []
+    if not held_records:
+        records, held_records = held_out_split(records, fraction=0.05, seed=cfg.train.seed)
+    train_pairs, held_pairs = to_pairs(records, tokenizer, cfg.tokens), to_pairs(held_records, tokenizer, cfg.tokens)
+    pad, leash = tokenizer.pad_token_id, "no reference"
+    if cfg.loss == "unlikelihood":  # the baseline: no function of Δ, no reference
+        method = Unlikelihood(PairData(train_pairs, held_pairs, pad, cfg.train.batch_size, cfg.train.seed))
+    else:
+        loss = preference_loss(cfg)
+        if loss.reference:  # the model as loaded (pi_SFT); with LoRA, the same base before adapters
+            train_pairs = cached_reference(model, train_pairs, pad, cfg, loss.length_normalise, out / "ref_logps.pt")
+            held_pairs = reference_logps(model, held_pairs, pad, loss.length_normalise)
+            leash = f"beta {cfg.beta}"
+        method = DirectPreference(PairData(train_pairs, held_pairs, pad, cfg.train.batch_size, cfg.train.seed), loss, cfg.beta)
+    if cfg.lora:
+        model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
+    print(f"{cfg.loss}: {len(train_pairs):,} training and {len(held_pairs):,} held-out pairs, {leash} -> {out}")
+    train(model, method, cfg.train)
+    save_model(model, tokenizer, out)
+    return out

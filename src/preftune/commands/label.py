@@ -1,0 +1,62 @@
+"""``preftune label serve | export | stats``: collect human preferences on the 8-point A/B scale."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..config import LabelExportConfig, LabelServeConfig, LabelStatsConfig
+from ..data import DataError, read_rows, write_jsonl
+from ..label.store import Store, read_tasks, stats, to_comparison
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def read_annotators(path: str) -> dict[str, str]:
+    tokens = {}
+    for where, row in read_rows(path):
+        name, token = row.get("name"), row.get("token")
+        if not isinstance(name, str) or not name or not isinstance(token, str) or len(token) < 16:
+            raise DataError(path, where, "expected {'name': non-empty string, 'token': string of 16+ characters}")
+        tokens[name] = token
+    return tokens
+
+
+def serve(cfg: LabelServeConfig) -> None:
+    import uvicorn
+
+    from ..label.app import create_app
+
+    tokens = read_annotators(cfg.annotators) if cfg.annotators else None
+    if cfg.host not in LOCAL_HOSTS and tokens is None:
+        raise ValueError(f"refusing to bind {cfg.host}: off localhost every annotator needs a token (--annotators)")
+    store = Store(cfg.db)
+    if cfg.tasks:
+        added = store.add_tasks(read_tasks(cfg.tasks))
+        print(f"{cfg.db}: {added} tasks loaded" if added else f"{cfg.db}: already holds {store.n_tasks()} tasks; {cfg.tasks} not reloaded")
+    elif not store.n_tasks():
+        raise ValueError(f"{cfg.db} holds no tasks: pass --tasks")
+    print(f"labelling at http://{cfg.host}:{cfg.port}/?annotator=NAME")
+    uvicorn.run(create_app(store, tokens), host=cfg.host, port=cfg.port, log_level="warning")
+
+
+def export(cfg: LabelExportConfig) -> int:
+    if not Path(cfg.db).exists():
+        raise FileNotFoundError(f"{cfg.db}: no such database")
+    labels = Store(cfg.db).labels()
+    rows = [c for c in map(to_comparison, labels) if c is not None]
+    write_jsonl(cfg.out, rows)
+    print(f"wrote {len(rows)} comparisons to {cfg.out} ({len(labels) - len(rows)} skipped tasks left out)")
+    return len(rows)
+
+
+def show_stats(cfg: LabelStatsConfig) -> dict:
+    if not Path(cfg.db).exists():
+        raise FileNotFoundError(f"{cfg.db}: no such database")
+    s = stats(Store(cfg.db).labels())
+    if cfg.json:
+        print(json.dumps(s))
+    else:
+        for k, v in s.items():
+            print(f"{k:<22} {v:.3f}" if isinstance(v, float) else f"{k:<22} {v}")
+    return s

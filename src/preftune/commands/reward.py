@@ -1,0 +1,65 @@
+"""``preftune reward`` and ``preftune score``: train (and evaluate) a reward model; score rows with one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..config import RewardConfig, ScoreConfig, save_config
+from ..data import Comparison, Ranking, load_comparisons, load_sft, read_rows
+from ..evaluate import evaluate_reward_model, format_reward_report
+from ..loop import train
+from ..methods.reward import RewardTraining, score_texts, to_units
+from ..models import build_reward_model, load_reward_model, save_model
+from .common import emit_rows, held_out_split, set_threads
+
+
+def reward(cfg: RewardConfig) -> dict:
+    """Train a reward model, centre it on reference samples, save it, and evaluate it."""
+    set_threads()
+    out = Path(cfg.train.out)
+    rm, tokenizer = build_reward_model(cfg.model, seed=cfg.train.seed)
+    save_config(cfg, out / "run_config.json", command="reward", preftune=__version__)
+    records = load_comparisons(cfg.data)
+    held_records = load_comparisons(cfg.eval_data) if cfg.eval_data else []
+    if not held_records:
+        records, held_records = held_out_split(records, fraction=0.1, seed=cfg.train.seed)
+
+    def units(rs):
+        return to_units(rs, tokenizer, cfg.tokens.max_length, cfg.tokens.max_prompt_length, cfg.use_strength)
+
+    method = RewardTraining(
+        units(records), units(held_records), tokenizer.pad_token_id, cfg.train.batch_size, cfg.train.seed, cfg.margin, cfg.ranking_loss
+    )
+    print(f"reward: {len(records):,} training and {len(held_records):,} held-out comparisons -> {out}")
+    train(rm, method, cfg.train)
+
+    # Centre: reference-policy samples (the compared completions) score 0 on average.
+    refs = sorted({(r.prompt, c) for r in records for c in _completions(r)})[:2000]
+    raw = score_texts(rm, tokenizer, refs, cfg.tokens) + rm.offset
+    rm.config.preftune_reward_offset = float(raw.mean())
+    save_model(rm.model, tokenizer, out)
+    print(f"centred: offset {rm.offset:+.4f} (mean raw score of {len(refs)} reference samples)")
+    result = {"held_out_accuracy": method.evaluate(rm.eval())["accuracy"]}
+    if cfg.world_eval:
+        with torch.no_grad():
+            result = evaluate_reward_model(rm, tokenizer, held_records, cfg.tau, cfg.model, cfg.eval_prompts, cfg.tokens)
+        print(format_reward_report(result))
+    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _completions(r: Comparison | Ranking) -> tuple[str, ...]:
+    return r.completions if isinstance(r, Ranking) else (r.chosen, r.rejected)
+
+
+def score(cfg: ScoreConfig) -> list[float]:
+    set_threads()
+    rm, tokenizer = load_reward_model(cfg.reward)
+    rows = [row for _, row in read_rows(cfg.data)]
+    scores = score_texts(rm, tokenizer, [(r.prompt, r.completion) for r in load_sft(cfg.data)]).tolist()
+    emit_rows([{**row, "score": s} for row, s in zip(rows, scores)], cfg.out, "scores")
+    return scores

@@ -1,0 +1,104 @@
+"""``preftune rl`` and ``preftune best-of-n``: optimise against a reward model with a KL leash to pi_SFT."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from .. import __version__, losses
+from ..config import BestOfNConfig, RLConfig, save_config
+from ..data import encode_text, load_prompts, load_texts, write_jsonl
+from ..evaluate import evaluate_samples
+from ..loop import checkpoint_state, steps_per_epoch, train
+from ..methods.algorithms import ActorCritic, build_algorithm
+from ..methods.rl import RLHF, Scorer, gold_or_none
+from ..models import build_reward_model, load_policy, load_reward_model, save_model
+from ..rollout import sample
+from .common import prompts_from, set_threads
+
+
+def rl(cfg: RLConfig) -> Path:
+    """RL from pi_SFT against ``cfg.reward``; a loop epoch is one rollout iteration."""
+    set_threads()
+    if cfg.ptx_coef > 0 and not cfg.ptx_data:
+        raise ValueError("--ptx-coef needs --ptx-data")
+    out = Path(cfg.train.out)
+    policy, tokenizer = load_policy(cfg.model)
+    reference, _ = load_policy(cfg.model)
+    reference.requires_grad_(False).eval()
+    scorer = Scorer(cfg.reward)
+    value = None
+    if cfg.algo == "ppo":  # the value model starts from the reward model (from pi_SFT with a fresh head under --reward gold)
+        value = (build_reward_model(cfg.model, cfg.train.seed) if scorer.gold else load_reward_model(cfg.reward))[0].train()
+    algorithm = build_algorithm(cfg, value)
+    ptx = [encode_text(tokenizer, t, cfg.tokens.max_length) for t in load_texts(cfg.ptx_data)] if cfg.ptx_data else None
+    save_config(cfg, out / "run_config.json", command="rl", preftune=__version__)
+
+    resumed = checkpoint_state(out) if cfg.train.resume else None
+    start = resumed["epoch"] if resumed else 0  # rollouts from here on came from weights we no longer have
+    method = RLHF(cfg, algorithm, policy, tokenizer, reference, scorer, load_prompts(cfg.prompts), ptx=ptx, start=start)
+    per_iteration = steps_per_epoch(method, cfg.train)
+    save_every = math.ceil(max(1, cfg.train.save_every) / per_iteration) * per_iteration  # checkpoints at iteration ends
+    leash = f"β {cfg.beta} ({cfg.kl_estimator})" + (f", adaptive to KL {cfg.target_kl}" if cfg.target_kl else "")
+    print(
+        f"{cfg.algo}: {cfg.iterations} iterations × {cfg.prompts_per_iter} prompts × {cfg.k} samples, {per_iteration} steps each, "
+        f"reward {'gold' if scorer.gold else cfg.reward}, {leash} -> {out}"
+    )
+    t0 = time.perf_counter()
+    train(
+        ActorCritic(policy, value) if value is not None else policy,
+        method,
+        replace(cfg.train, epochs=cfg.iterations, max_steps=0, save_every=save_every),
+    )
+    method.final_rollout()
+    save_model(policy, tokenizer, out)
+    _summarise(method.iterations, time.perf_counter() - t0, out)
+    return out
+
+
+def _summarise(rows: list[dict], seconds: float, out: Path) -> None:
+    """``summary.json`` (rollout against training time, the final rollout's statistics) and one line."""
+    rollout_s = sum(r["sample_s"] + r["score_s"] for r in rows)
+    summary = {
+        "iterations": len(rows) - 1,
+        "seconds": round(seconds, 1),
+        "rollout_s": round(rollout_s, 1),
+        "train_s": round(seconds - rollout_s, 1),
+    }
+    summary.update({k: rows[-1][k] for k in ("score", "gold", "kl", "length", "eos_rate") if k in rows[-1]})
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    first, last = rows[0], rows[-1]
+    gold = f", gold {first['gold']:+.3f} -> {last['gold']:+.3f}" if "gold" in last else ""
+    print(
+        f"score {first['score']:+.3f} -> {last['score']:+.3f}{gold}, KL {last['kl']:.2f}; rollouts {rollout_s:.0f} s, training {seconds - rollout_s:.0f} s"
+    )
+
+
+def best_of_n(cfg: BestOfNConfig) -> dict:
+    """Sample n per prompt, keep the best by reward; the KL to the sampler is log n - (n-1)/n."""
+    set_threads()
+    if cfg.n < 1:
+        raise ValueError("--n must be at least 1")
+    model, tokenizer = load_policy(cfg.model)
+    scorer = Scorer(cfg.reward)
+    t0 = time.perf_counter()
+    samples = sample(model, tokenizer, prompts_from(cfg.prompts, cfg.limit), cfg.gen, n=cfg.n, progress=not cfg.json)
+    scores = scorer.score_all(samples, tokenizer.pad_token_id)
+    best = losses.pick_best(scores, cfg.n).tolist()
+    chosen = [samples[i] for i in best]
+    result = {"score": float(scores[best].mean()), "score_all": float(scores.mean()), "kl": losses.best_of_n_kl(cfg.n), "best_of": cfg.n}
+    if gold_or_none(chosen) is not None:  # lists-world prompts: the gold metrics too
+        result.update(evaluate_samples(chosen))
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    if cfg.out:
+        rows = [{"prompt": s.prompt, "completion": s.completion, "ended": s.ended, "score": float(scores[i])} for s, i in zip(chosen, best)]
+        write_jsonl(cfg.out, rows)  # no message: with --json, stdout holds the JSON object alone
+    if cfg.json:
+        print(json.dumps(result))
+    else:
+        gold = f", gold {result['gold']:+.3f} ± {result['gold_ci95']:.3f}" if "gold" in result else ""
+        print(f"best-of-{cfg.n}: score {result['score']:+.3f} (mean of all {result['score_all']:+.3f}){gold}, KL {result['kl']:.3f} nats")
+    return result

@@ -1,0 +1,84 @@
+"""``preftune sample`` and ``preftune annotate``: K completions per prompt, then labels on them."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+from ..config import AnnotateConfig, SampleConfig
+from ..data import SCALE_STRENGTHS, DataError, read_rows, write_jsonl
+from ..models import load_policy
+from ..rollout import sample
+from ..world import lists
+from .common import prompts_from, set_threads
+
+
+def sample_sets(cfg: SampleConfig) -> Path:
+    """K completions per prompt, batched with a KV cache, as JSONL ready for labelling."""
+    set_threads()
+    model, tokenizer = load_policy(cfg.model)
+    prompts = prompts_from(cfg.prompts, cfg.limit)
+    samples = sample(model, tokenizer, prompts, cfg.gen, n=cfg.k, progress=True)
+    rows = []
+    for i, prompt in enumerate(prompts):
+        group = samples[i * cfg.k : (i + 1) * cfg.k]
+        rows.append({"prompt": prompt, "completions": [s.completion for s in group], "ended": [s.ended for s in group]})
+    write_jsonl(cfg.out, rows)
+    print(f"wrote {len(rows)} sets of {cfg.k} completions to {cfg.out}")
+    return Path(cfg.out)
+
+
+# A simulated annotator's certainty max(p, 1-p) at which it says "much better", "better",
+# "slightly better", else "negligibly better" (strengths: data.SCALE_STRENGTHS).
+CERTAINTY_THRESHOLDS = (0.95, 0.8, 0.6, 0.0)
+
+
+def strength_of(p: float) -> float:
+    """A simulated annotator's 8-point strength from its own certainty ``max(p, 1-p)``."""
+    certainty = max(p, 1.0 - p)
+    return next(s for threshold, s in zip(CERTAINTY_THRESHOLDS, SCALE_STRENGTHS) if certainty >= threshold)
+
+
+def annotators(tau: float, minority: float) -> list[tuple[lists.Annotator, float]]:
+    """The simulated annotator groups and the share of labels each gives."""
+    return [(lists.Annotator(tau, 0, "majority"), 1.0 - minority), (lists.Annotator(tau, 2, "minority"), minority)]
+
+
+def plackett_luce_order(annotator: lists.Annotator, prompt: str, completions: list, ended: list, rng: random.Random) -> list[int]:
+    """A ranking drawn from Plackett–Luce: the best with P ∝ exp(u / tau), then the best of the rest, ..."""
+    left, order = list(range(len(completions))), []
+    while left:
+        u = [annotator.utility(prompt, completions[i], ended[i]) / annotator.tau for i in left]
+        top = max(u)
+        pick = rng.choices(left, weights=[math.exp(x - top) for x in u])[0]
+        order.append(pick)
+        left.remove(pick)
+    return order
+
+
+def annotate(cfg: AnnotateConfig) -> Path:
+    """Label sampled sets with simulated Bradley–Terry annotators (``annotator``/``group`` recorded)."""
+    if not cfg.simulated:
+        raise ValueError("only --simulated labelling runs offline; people label with the web app (`preftune label serve`)")
+    rng = random.Random(f"annotate-{cfg.seed}")
+    pool = annotators(cfg.tau, cfg.minority)
+    rows = []
+    for where, row in read_rows(cfg.samples):
+        prompt, comps = row.get("prompt"), row.get("completions")
+        if not isinstance(prompt, str) or not isinstance(comps, list) or len(comps) < 2:
+            raise DataError(cfg.samples, where, "expected {'prompt', 'completions': [at least 2]} (the output of `preftune sample`)")
+        ended = row.get("ended") or [True] * len(comps)
+        ann = rng.choices([a for a, _ in pool], weights=[w for _, w in pool])[0]
+        labels = {"annotator": f"sim-{ann.group}-tau{cfg.tau:g}", "group": ann.group}
+        if cfg.format == "rankings":
+            rows.append({"prompt": prompt, "completions": comps, "ranking": plackett_luce_order(ann, prompt, comps, ended, rng), **labels})
+            continue
+        for a in range(0, len(comps) - 1, 2):
+            b = a + 1
+            p = ann.p_prefers_a(prompt, comps[a], comps[b], ended[a], ended[b])
+            win, lose = (a, b) if rng.random() < p else (b, a)
+            rows.append({"prompt": prompt, "chosen": comps[win], "rejected": comps[lose], "strength": strength_of(p), **labels})
+    write_jsonl(cfg.out, rows)
+    print(f"wrote {len(rows)} {cfg.format} to {cfg.out}")
+    return Path(cfg.out)

@@ -1,0 +1,258 @@
+"""The experiments' shared pipeline: world → pretrain → SFT → pi_SFT samples → simulated labels →
+reward model, and policies trained and evaluated on top of it.
+
+Every stage is the command of the same name, run with the config the experiment file's
+``pipeline:`` section gives it (plus the wiring between stages: paths and the seed). A stage whose
+output exists with the same config and inputs is reused; one interrupted with the same config and
+inputs resumes from its checkpoint; anything else is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..commands.dpo import dpo
+from ..commands.reward import reward
+from ..commands.rl import rl
+from ..commands.sample import annotate, sample_sets
+from ..commands.sft import pretrain, sft
+from ..config import (
+    AnnotateConfig,
+    DPOConfig,
+    PretrainConfig,
+    RewardConfig,
+    RLConfig,
+    SampleConfig,
+    SFTConfig,
+    WorldConfig,
+    override,
+    to_dict,
+)
+from ..data import load_prompts, write_jsonl
+from ..evaluate import demonstrator_samples, evaluate_samples, kl_to_reference, win_rate
+from ..losses import best_of_n_kl, pick_best
+from ..methods.rl import Scorer
+from ..models import load_policy
+from ..rollout import Sample, sample
+from ..world import lists, write_world
+
+# The stages a file's ``pipeline:`` section may configure, and the config each one's settings override.
+STAGES = {
+    "world": WorldConfig,
+    "pretrain": PretrainConfig,
+    "sft": SFTConfig,
+    "sample": SampleConfig,
+    "reward": RewardConfig,
+    "rl": RLConfig,
+    "dpo": DPOConfig,
+}
+
+
+def check_settings(settings: dict, where: str) -> None:
+    """Refuse, before anything runs, a stage or a field the pipeline does not have."""
+    for stage, values in settings.items():
+        if stage not in STAGES:
+            raise ValueError(f"{where}: pipeline has no stage {stage!r} (stages: {', '.join(STAGES)})")
+        override(STAGES[stage](), values, f"{where}: pipeline.{stage}")
+
+
+def _digest(paths: list[str]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).read_bytes() if Path(p).is_file() else (Path(p) / "model.safetensors").read_bytes())
+    return h.hexdigest()
+
+
+def _made_from(out: Path, cfg, digest: str) -> bool:
+    """True if the run in ``out`` was started from exactly ``cfg`` and inputs with this digest."""
+    saved, stamp = out / "run_config.json", out / "inputs.sha256"
+    if not saved.exists() or not stamp.exists() or stamp.read_text() != digest:
+        return False
+    old = json.loads(saved.read_text())
+    return all(old.get(k) == v for k, v in to_dict(cfg).items())
+
+
+def run_stage(name: str, stage, cfg, inputs: list[str], timings: dict) -> bool:
+    """Run a training stage unless its output is fresh; returns True if it ran. A run interrupted
+    with the same config and inputs resumes from its checkpoint; anything else is removed."""
+    s = time.perf_counter()
+    out = Path(cfg.train.out)
+    digest = _digest(inputs)
+    resumable = _made_from(out, cfg, digest)
+    if resumable and (out / "config.json").exists():  # finished: save_model moves config.json in last
+        print(f"{name}: reusing {out} (same config and inputs)")
+        return False
+    if not resumable:
+        shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").unlink(missing_ok=True)  # not fresh until the stage finishes again
+    (out / "inputs.sha256").write_text(digest)
+    stage(replace(cfg, train=replace(cfg.train, resume=resumable)))
+    timings[name] = round(time.perf_counter() - s, 1)
+    (out / "wall_seconds").write_text(str(timings[name]))
+    return True
+
+
+class Pipeline:
+    """The shared stages, built on first use, plus evaluation of policies on held-out prompts.
+
+    ``settings`` is the experiment file's ``pipeline:`` section: per stage (world, pretrain, sft,
+    sample, reward, rl, dpo), overrides of that command's config.
+    """
+
+    def __init__(self, out: str | Path, seed: int, settings: dict[str, dict]):
+        self.out, self.seed, self.settings = Path(out), seed, settings
+        self.timings: dict[str, float] = {}
+        self._files: dict[str, Path] | None = None
+        self._ref = None
+        self._sft_ready = False
+        self._samples: str | None = None
+        self._labelled: set[str] = set()
+        self.gen = self.config("sample", SampleConfig(model="", prompts="")).gen
+        self.gen = replace(self.gen, seed=seed)
+
+    def path(self, name: str) -> str:
+        return str(self.out / name)
+
+    def config(self, stage: str, cfg: Any, changes: dict | None = None) -> Any:
+        """``cfg`` with the file's settings for ``stage``, then ``changes``, laid over it."""
+        return override(override(cfg, self.settings.get(stage, {}), f"pipeline.{stage}"), changes or {}, f"{stage} run")
+
+    def _train(self, cfg: Any, name: str) -> Any:
+        return replace(cfg, train=replace(cfg.train, out=self.path(name), seed=self.seed))
+
+    # -- data and models --------------------------------------------------------------------
+
+    @property
+    def files(self) -> dict[str, Path]:
+        if self._files is None:
+            self._files = write_world(self.config("world", WorldConfig(out=self.path("data"), seed=self.seed)))
+        return self._files
+
+    def sft(self) -> str:
+        if self._sft_ready:
+            return self.path("sft")
+        base = self._train(self.config("pretrain", PretrainConfig(data=str(self.files["corpus"]))), "base")
+        cfg = self._train(self.config("sft", SFTConfig(model=self.path("base"), data=str(self.files["sft"]))), "sft")
+        run_stage("pretrain", pretrain, base, [str(self.files["corpus"])], self.timings)
+        run_stage("sft", sft, cfg, [str(self.files["sft"]), self.path("base")], self.timings)
+        self._sft_ready = True
+        return self.path("sft")
+
+    def samples(self) -> str:
+        """K samples of pi_SFT per training prompt: the material every comparison is made of."""
+        if self._samples:
+            return self._samples
+        out = self.out / "data/samples.jsonl"
+        stamp = out.with_suffix(".sha256")
+        digest = _digest([str(self.files["prompts"]), self.sft()])
+        if not (out.exists() and stamp.exists() and stamp.read_text() == digest):
+            s = time.perf_counter()
+            sample_sets(
+                self.config("sample", SampleConfig(model=self.sft(), prompts=str(self.files["prompts"]), out=str(out), gen=self.gen))
+            )
+            stamp.write_text(digest)
+            self.timings["sample"] = round(time.perf_counter() - s, 1)
+        self._samples = str(out)
+        return self._samples
+
+    def labels(self, name: str, fmt: str = "pairs", minority: float = 0.0, limit: int = 0) -> str:
+        """Simulated labels of the samples (cheap and deterministic: written once per run)."""
+        out = self.out / f"data/{name}.jsonl"
+        if name in self._labelled:
+            return str(out)
+        self._labelled.add(name)
+        annotate(AnnotateConfig(samples=self.samples(), out=str(out), simulated=True, format=fmt, minority=minority, seed=self.seed))
+        if limit:
+            rows = [json.loads(line) for line in out.read_text().splitlines()][:limit]
+            write_jsonl(out, rows)
+        return str(out)
+
+    def reward_model(self, name: str = "rm", limit: int = 0) -> tuple[str, dict]:
+        """A reward model on K-way rankings of pi_SFT samples (``limit``: only the first N)."""
+        data = self.labels(f"rankings{limit or ''}", "rankings", limit=limit)
+        cfg = self._train(self.config("reward", RewardConfig(model=self.sft(), data=data, eval_prompts=str(self.files["heldout"]))), name)
+        run_stage(name, reward, cfg, [data, self.sft()], self.timings)
+        return self.path(name), json.loads((self.out / name / "eval.json").read_text())
+
+    def rl_config(self, name: str, reward_dir: str, changes: dict | None = None) -> RLConfig:
+        """``preftune rl``'s config for a policy from pi_SFT: the file's ``rl`` settings, then ``changes``."""
+        base = RLConfig(model=self.path("sft"), reward=reward_dir, prompts=str(self.files["prompts"]))
+        return self._train(self.config("rl", base, changes), name)
+
+    def dpo_config(self, name: str, data: str, changes: dict | None = None) -> DPOConfig:
+        """``preftune dpo``'s config for a policy from pi_SFT: the file's ``dpo`` settings, then ``changes``."""
+        return self._train(self.config("dpo", DPOConfig(model=self.path("sft"), data=data), changes), name)
+
+    def rl_policy(self, name: str, reward_dir: str, changes: dict | None = None) -> RLConfig:
+        """Train (or reuse) an RL policy at ``OUT/name``; returns its config."""
+        cfg = self.rl_config(name, reward_dir, changes)
+        run_stage(name, rl, cfg, [str(self.files["prompts"]), self.sft(), reward_dir], self.timings)
+        return cfg
+
+    def dpo_policy(self, name: str, data: str, changes: dict | None = None) -> DPOConfig:
+        """Train (or reuse) a DPO-family policy at ``OUT/name``; returns its config."""
+        cfg = self.dpo_config(name, data, changes)
+        run_stage(name, dpo, cfg, [data, self.sft()], self.timings)
+        return cfg
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def heldout(self) -> list[str]:
+        return load_prompts(self.files["heldout"])
+
+    def reference(self):
+        """pi_SFT (model, tokenizer) and its samples on the held-out prompts, loaded once."""
+        if self._ref is None:
+            model, tok = load_policy(self.sft())
+            self._ref = (model, tok, sample(model, tok, self.heldout(), replace(self.gen, seed=self.gen.seed + 1)))
+        return self._ref
+
+    def evaluate(self, name: str, samples: list[Sample] | None = None, kl: float | None = None, wall: float | None = None) -> dict:
+        """Held-out metrics of one policy (its directory ``OUT/name``, or given samples), cached by
+        the model's digest so unchanged policies are not re-sampled."""
+        ref_model, tok, ref_samples = self.reference()
+        cache = self.out / "eval" / f"{name}.json"
+        key = _digest([self.path(name)]) if samples is None else None
+        if key and cache.exists():
+            saved = json.loads(cache.read_text())
+            if saved.get("key") == key and saved.get("n") == len(ref_samples):
+                return saved
+        s = time.perf_counter()
+        if samples is None:
+            model, tok = load_policy(self.path(name))
+            samples = sample(model, tok, self.heldout(), self.gen)
+            kl_stats = kl_to_reference(samples, ref_model, tok, self.gen.temperature or 1.0)
+            wall_file = self.out / name / "wall_seconds"
+            wall = float(wall_file.read_text()) if wall_file.exists() else None
+        else:
+            kl_stats = {"kl": kl, "kl_ci95": None}  # best-of-n: analytic; the demonstrator: none
+        result = {
+            **evaluate_samples(samples),
+            **kl_stats,
+            **win_rate(samples, ref_samples),
+            "gold_per_prompt": [lists.gold_reward(x.prompt, x.completion, x.ended) for x in samples],
+            "examples": [x.completion for x in samples[:6]],
+            "wall_s": wall,
+            "eval_s": round(time.perf_counter() - s, 1),
+            "key": key,
+        }
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(result) + "\n")
+        return result
+
+    def best_of_n(self, reward_dir: str, n: int) -> dict:
+        s = time.perf_counter()
+        model, tok, _ = self.reference()
+        candidates = sample(model, tok, self.heldout(), replace(self.gen, seed=self.gen.seed + 2), n=n)
+        best = pick_best(Scorer(reward_dir).score_all(candidates, tok.pad_token_id), n).tolist()
+        return self.evaluate("best-of-n", [candidates[i] for i in best], kl=best_of_n_kl(n), wall=round(time.perf_counter() - s, 1))
+
+    def demonstrator(self) -> dict:
+        return self.evaluate("demonstrator", demonstrator_samples(self.heldout(), self.gen.seed, self.reference()[1]))

@@ -1,0 +1,243 @@
+"""RLHF as a method of the one loop: a loop epoch is one rollout iteration.
+
+Each iteration (:meth:`RLHF.collect`) runs the stages of InstructGPT's step 3:
+
+1. **generate** ``k`` completions for each of ``prompts_per_iter`` prompts with the current policy
+   (KV cache, dropout off), keeping the sampling log-probs as the "old" log-probs;
+2. **score** them with the reward model or the world's gold reward, minus ``eos_penalty`` for a
+   completion that never emits EOS (whitened over the batch if asked);
+3. **compare** with the frozen reference: per-token KL (k1 or k3) and the penalised reward
+   ``R = score - β·Σ kl``;
+4. **estimate targets** with the algorithm (:mod:`preftune.methods.algorithms`): advantages,
+   returns, or the rows to keep;
+5. **optimise**: the loop takes ``update_epochs`` passes of micro-batches over the targets.
+
+Each rollout (tensors, statistics, β and baseline) is saved to ``out/rollouts/iter-NNNNN.pt``
+before it is trained on, so a killed run resumes from its checkpoint on exactly the same data.
+Per-iteration statistics go to ``out/iterations.jsonl`` (:attr:`RLHF.iterations`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .. import losses
+from ..config import RLConfig
+from ..data import Batch, Encoded, collate, write_jsonl
+from ..logprobs import completion_logps
+from ..loop import StepLoss
+from ..models import load_reward_model
+from ..rollout import Rollout, Sample, sample
+from ..world import lists
+from .algorithms import Algorithm
+
+
+class Scorer:
+    """The reward: a trained reward model, or the lists world's gold reward (``'gold'``)."""
+
+    def __init__(self, spec: str):
+        if not spec:
+            raise ValueError("--reward is required: a reward model directory or 'gold'")
+        self.gold = spec == "gold"
+        self.rm = None if self.gold else load_reward_model(spec)[0].requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, samples: list[Sample], batch: Batch) -> torch.Tensor:
+        if self.gold:
+            return torch.tensor([lists.gold_reward(s.prompt, s.completion, s.ended) for s in samples])
+        return self.rm(batch.input_ids, batch.attention_mask)
+
+    def score_all(self, samples: list[Sample], pad_id: int, batch_size: int = 256) -> torch.Tensor:
+        """Scores (N,) of any number of samples, in batches."""
+        chunks = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
+        return torch.cat([self(c, collate([s.encoded() for s in c], pad_id)) for c in chunks])
+
+
+def gold_or_none(samples: list[Sample]) -> list[float] | None:
+    """Gold rewards when every prompt is a lists-world prompt, else None."""
+    try:
+        return [lists.gold_reward(s.prompt, s.completion, s.ended) for s in samples]
+    except (ValueError, KeyError):
+        return None
+
+
+class RLHF:
+    """The :class:`preftune.loop.Method` of every RL algorithm; loop epoch e = rollout iteration e.
+
+    ``start`` is the iteration the loop resumes at (0 for a fresh run): saved rollouts and
+    statistics from iteration ``start`` on came from weights that are gone and are dropped.
+    """
+
+    def __init__(self, cfg: RLConfig, algorithm: Algorithm, policy, tokenizer, reference, scorer: Scorer, prompts: list[str], **kw):
+        self.cfg, self.algorithm, self.policy, self.tokenizer = cfg, algorithm, policy, tokenizer
+        self.reference, self.scorer, self.prompts = reference, scorer, prompts
+        self.ptx: list[Encoded] = kw.get("ptx") or []
+        self.temperature = cfg.gen.temperature or 1.0
+        self.out = Path(cfg.train.out)
+        self.rollout_dir = self.out / "rollouts"
+        self._rows: dict[int, dict] = {}
+        self._current: tuple[int, Rollout, list] | None = None  # (iteration, targets, micro-batches)
+        self._carry: tuple[int, dict] | None = None  # (iteration, β and baseline after it)
+        self._trained_since: float | None = None
+        self._forget_from(kw.get("start", 0))
+
+    def _forget_from(self, start: int) -> None:
+        self.rollout_dir.mkdir(parents=True, exist_ok=True)
+        for f in self.rollout_dir.glob("iter-*.pt"):
+            if int(f.stem.split("-")[1]) >= start:
+                f.unlink()
+        rows_file = self.out / "iterations.jsonl"
+        if start > 0 and rows_file.exists():
+            rows = (json.loads(line) for line in rows_file.read_text().splitlines())
+            self._rows = {r["iteration"]: r for r in rows if r["iteration"] < start}
+
+    @property
+    def iterations(self) -> list[dict]:
+        """One row of statistics per collected iteration, in order (what iterations.jsonl holds)."""
+        return [self._rows[i] for i in sorted(self._rows)]
+
+    # -- rollouts ---------------------------------------------------------------------------
+
+    def _prompts_for(self, iteration: int) -> list[str]:
+        """``prompts_per_iter`` prompts, walking seeded permutations of the prompt set."""
+        n, per = len(self.prompts), self.cfg.prompts_per_iter
+        out = []
+        for j in range(iteration * per, (iteration + 1) * per):
+            order = list(range(n))
+            random.Random(f"{self.cfg.train.seed}-prompts-{j // n}").shuffle(order)
+            out.append(self.prompts[order[j % n]])
+        return out
+
+    def _file(self, iteration: int) -> Path:
+        return self.rollout_dir / f"iter-{iteration:05d}.pt"
+
+    def _carry_before(self, iteration: int) -> dict:
+        """β and the moving baseline after the previous iteration: in memory, or from its file after a resume."""
+        if iteration == 0:
+            return {"beta": self.cfg.beta, "baseline": None}
+        if self._carry is not None and self._carry[0] == iteration - 1:
+            return self._carry[1]
+        return torch.load(self._file(iteration - 1), weights_only=False)["carry"]
+
+    @torch.no_grad()
+    def collect(self, iteration: int) -> dict:
+        """Generate, score, compare with the reference and estimate targets; saved before use."""
+        cfg, carry = self.cfg, self._carry_before(iteration)
+        t0 = time.perf_counter()
+        gen = replace(cfg.gen, seed=cfg.gen.seed * 100003 + iteration)
+        samples = sample(
+            self.policy, self.tokenizer, self._prompts_for(iteration), gen, n=cfg.k, max_prompt_length=cfg.tokens.max_prompt_length
+        )
+        t1 = time.perf_counter()
+        batch = collate([s.encoded() for s in samples], self.tokenizer.pad_token_id)
+        mask = batch.completion_mask[:, 1:]
+        old_logps = torch.zeros(mask.shape)
+        for i, s in enumerate(samples):  # the sampling log-probs, placed where the training forward puts them
+            old_logps[i, mask[i]] = torch.tensor(s.token_logps)
+        ended = torch.tensor([s.ended for s in samples])
+        scores = self.scorer(samples, batch).float() - cfg.eos_penalty * (~ended).float()
+        ref_logps = completion_logps(self.reference, batch, self.temperature).token_logps
+        k1, k3 = losses.kl_k1(old_logps, ref_logps) * mask, losses.kl_k3(old_logps, ref_logps) * mask
+        kl = k1 if cfg.kl_estimator == "k1" else k3
+        used = losses.whiten(scores) if cfg.whiten_rewards else scores
+        rewards = losses.kl_penalised_rewards(used, kl, carry["beta"])
+        rollout = Rollout(
+            batch.input_ids, batch.attention_mask, batch.completion_mask, old_logps, ref_logps, kl, used, rewards, carry["beta"]
+        )
+
+        mean_reward = float(rewards.mean())
+        baseline = mean_reward if carry["baseline"] is None else carry["baseline"]
+        targets, stats = self.algorithm.targets(rollout, baseline)
+        seq_kl = k1.sum(-1)
+        beta = carry["beta"]
+        if cfg.target_kl > 0:
+            beta = losses.adaptive_beta(beta, float(seq_kl.mean()), cfg.target_kl, len(samples), cfg.kl_horizon)
+        next_carry = {"beta": beta, "baseline": cfg.baseline_decay * baseline + (1 - cfg.baseline_decay) * mean_reward}
+        stats = {
+            "iteration": iteration,
+            "beta": carry["beta"],
+            "score": float(scores.mean()),  # the proxy (reward model) or gold, with the EOS penalty
+            "reward": mean_reward,  # score - β·KL (whitened if asked)
+            "kl": float(seq_kl.mean()),  # k1, summed per sequence: Monte Carlo KL(π || π_SFT)
+            "kl_k3": float(k3.sum(-1).mean()),
+            "entropy": float(-old_logps.sum(-1).mean()),  # Monte Carlo sequence entropy, -E[log π(y)]
+            "length": float(mask.sum(-1).float().mean()),
+            "eos_rate": float(ended.float().mean()),
+            **stats,
+            "sample_s": round(t1 - t0, 3),
+            "score_s": round(time.perf_counter() - t1, 3),
+        }
+        gold = gold_or_none(samples)
+        if gold is not None:
+            stats["gold"] = statistics.fmean(gold)
+        blob = {"targets": targets.to_dict(), "stats": stats, "carry": next_carry}
+        tmp = self._file(iteration).with_suffix(".tmp")
+        torch.save(blob, tmp)
+        tmp.replace(self._file(iteration))
+        return blob
+
+    def _rollout(self, iteration: int) -> Rollout:
+        """The iteration's targets: from its file if it was collected before, else collected now."""
+        now = time.perf_counter()
+        if self._trained_since is not None and iteration - 1 in self._rows:
+            self._rows[iteration - 1]["train_s"] = round(now - self._trained_since, 3)
+        path = self._file(iteration)
+        blob = torch.load(path, weights_only=False) if path.exists() else self.collect(iteration)
+        self._rows[iteration] = dict(blob["stats"])
+        self._carry = (iteration, blob["carry"])
+        write_jsonl(self.out / "iterations.jsonl", self.iterations)
+        self._trained_since = time.perf_counter()
+        return Rollout(**blob["targets"])
+
+    def final_rollout(self) -> dict:
+        """A rollout of the final policy, only measured (its score, gold and KL close the curve)."""
+        self._rollout(self.cfg.iterations)
+        return self._rows[self.cfg.iterations]
+
+    # -- the Method protocol ----------------------------------------------------------------
+
+    def n_batches(self) -> int:
+        rows = self.cfg.prompts_per_iter * self.algorithm.rows_per_prompt(self.cfg.k)
+        return self.algorithm.update_epochs * -(-rows // self.cfg.train.batch_size)
+
+    def batches(self, epoch: int) -> list[tuple[int, torch.Tensor]]:
+        if self._current is not None and self._current[0] == epoch:
+            return self._current[2]
+        targets = self._rollout(epoch)
+        n, size, micro = len(targets), self.cfg.train.batch_size, []
+        for e in range(self.algorithm.update_epochs):
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.train.seed * 7919 + epoch * 31 + e))
+            micro += [(epoch, order[i : i + size]) for i in range(0, n, size)]
+        self._current = (epoch, targets, micro)
+        return micro
+
+    def loss(self, model, item: tuple[int, torch.Tensor]) -> StepLoss:
+        epoch, idx = item
+        if self._current is None or self._current[0] != epoch:
+            self.batches(epoch)
+        rows = self._current[1].rows(idx)
+        lp = completion_logps(model, Batch(rows.input_ids, rows.attention_mask, rows.completion_mask), self.temperature, keep_logits=True)
+        total, count, metrics = self.algorithm.loss(lp, rows)
+        with torch.no_grad():
+            metrics["entropy"] = float(losses.token_entropy(lp.logits, self.temperature)[lp.mask].mean())
+            metrics["approx_kl"] = float(losses.kl_k3(lp.token_logps, rows.old_logps)[lp.mask].mean())  # k3 of π_new against π_old
+        if self.ptx and self.cfg.ptx_coef > 0:
+            total, metrics["ptx_nll"] = self._with_ptx(model, total, count, f"{epoch}-{int(idx[0])}", len(idx))
+        return StepLoss(total, count, metrics)
+
+    def _with_ptx(self, model, total: torch.Tensor, count, key: str, n: int) -> tuple[torch.Tensor, float]:
+        """PPO-ptx (InstructGPT eq. 2): add ``ptx_coef`` × the token-mean NLL of pretraining texts."""
+        rng = random.Random(f"{self.cfg.train.seed}-ptx-{key}")
+        lp = completion_logps(model, collate(rng.sample(self.ptx, min(n, len(self.ptx))), self.tokenizer.pad_token_id))
+        nll, n_tokens = losses.nll(lp.token_logps, lp.mask)
+        return total + self.cfg.ptx_coef * (nll / n_tokens) * float(count), float(nll.detach() / n_tokens)  # the loop divides by count
+
+    def evaluate(self, model) -> dict[str, float]:
+        return {}
