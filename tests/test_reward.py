@@ -64,6 +64,7 @@ def _world_sets(n, k, seed):
     return out
 
 
+@pytest.mark.slow
 def test_rankings_and_pairs_from_the_same_utilities_train_to_the_same_ordering(tmp_path, policy_dir, tokenizer):
     """40 prompts with 3 answers each, ordered by the gold utility: as rankings of 3, or as their
     3 pairs. Both fits order every training set the same way, which is the gold way."""

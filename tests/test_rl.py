@@ -77,7 +77,7 @@ def test_ppo_targets_on_a_hand_computed_rollout():
 def test_grpo_advantages_are_relative_to_the_group_and_its_loss_gradient_is_minus_a_over_length():
     """Prompt 1's scores (1, 3): mean 2, sd √2 -> ∓1/√2; prompt 2's (0, 0): 0. At ratio 1 and π = π_ref,
     the loss is -A per token averaged over the sequence, so d loss / d log π(token) = -A_i / n_i."""
-    grpo = GRPO(k=2, beta=0.1, clip=0.2, scale_std=True)
+    grpo = GRPO(k=2, clip=0.2, scale_std=True)
     targets, _ = grpo.targets(_rollout([1.0, 3.0, 0.0, 0.0], lengths=[2, 4, 3, 3]), baseline=0.0)
     assert targets.advantages.tolist() == pytest.approx([-1 / math.sqrt(2), 1 / math.sqrt(2), 0.0, 0.0], abs=1e-4)
     token_logps = targets.old_logps.clone().requires_grad_(True)
@@ -87,7 +87,13 @@ def test_grpo_advantages_are_relative_to_the_group_and_its_loss_gradient_is_minu
     assert count == 4 and metrics["clipfrac"] == 0.0 and metrics["kl_ref"] == 0.0
     want = [[-a / n if m else 0.0 for m in row] for a, n, row in zip(targets.advantages.tolist(), (2, 4, 3, 3), mask.tolist())]
     torch.testing.assert_close(token_logps.grad, torch.tensor(want))
-    centred, _ = GRPO(k=2, beta=0.1, clip=0.2, scale_std=False).targets(_rollout([1.0, 3.0, 0.0, 0.0]), 0.0)
+    # π moved off π_ref by +0.5 nats per token (π_old = π, so the ratio stays 1): on the rows with A = 0,
+    # the gradient is the KL term's alone, β·d k3/d log π / n = β·(1 - e^-0.5) / n, pulling π back
+    moved = replace(targets, old_logps=targets.old_logps + 0.5 * mask)
+    token_logps = moved.old_logps.clone().requires_grad_(True)
+    grpo.loss(LogProbs((token_logps * mask).sum(-1), token_logps, mask), moved)[0].backward()
+    assert token_logps.grad[2][mask[2]].tolist() == pytest.approx([0.5 * (1 - math.exp(-0.5)) / 3] * 3)
+    centred, _ = GRPO(k=2, clip=0.2, scale_std=False).targets(_rollout([1.0, 3.0, 0.0, 0.0]), 0.0)
     assert centred.advantages.tolist() == [-1.0, 1.0, 0.0, 0.0]  # Dr. GRPO
 
 
@@ -144,6 +150,7 @@ def _cfg(d, algo, out, **kw):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", RL_ALGORITHMS)
 def test_each_algorithm_runs_logs_every_iteration_and_moves_the_policy(world_dir, algo):
     out = world_dir / algo
@@ -169,6 +176,7 @@ def test_each_algorithm_runs_logs_every_iteration_and_moves_the_policy(world_dir
     assert summary["iterations"] == 3 and summary["rollout_s"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["reinforce", "grpo", "ppo"])
 def test_a_resumed_run_equals_an_uninterrupted_one(world_dir, algo, monkeypatch):
     rl.rl(_cfg(world_dir, algo, world_dir / "whole"))
@@ -208,6 +216,7 @@ def test_bad_settings_fail_clearly(world_dir):
         Scorer("")
 
 
+@pytest.mark.slow
 def test_best_of_n_command_on_gold_beats_one_sample(world_dir):
     common = dict(
         model=str(world_dir / "sft"), reward="gold", prompts=str(world_dir / "prompts.jsonl"), gen=SamplingConfig(max_new_tokens=10)

@@ -85,93 +85,6 @@ def _figure(name: str, caption: str) -> str:
     return f'<figure><img src="figures/{name}.png" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
 
 
-def _reference_lines(ax, pol: dict) -> None:
-    """SFT and the demonstrator as dashed horizontal lines at their gold reward."""
-    for ref, color in (("sft", "grey"), ("demonstrator", "black")):
-        if ref in pol:
-            ax.axhline(pol[ref]["gold"], ls="--", lw=1, color=color, label=TITLES[ref])
-
-
-def _plot_frontier(plt, res: dict):
-    if "frontier" not in res:
-        return None
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for method, pts in res["frontier"].items():
-        pts = sorted(pts, key=lambda r: r["kl"])
-        ax.errorbar(
-            [r["kl"] for r in pts],
-            [r["gold"] for r in pts],
-            yerr=[r["gold_ci95"] for r in pts],
-            marker="o",
-            capsize=3,
-            label=method.upper(),
-        )
-        for r in pts:
-            ax.annotate(f"β={r['beta']:g}", (r["kl"], r["gold"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    _reference_lines(ax, res.get("policies", {}))
-    ax.set_xscale("symlog", linthresh=1.0)
-    ax.set_xlabel("KL(π || π_SFT), nats per completion (log scale above 1)")
-    ax.set_ylabel("mean gold reward (held-out prompts)")
-    ax.set_title("Reward–KL frontier")
-    ax.legend(fontsize=8)
-    return fig
-
-
-def _plot_overoptimisation(plt, res: dict):
-    if "overoptimisation" not in res:
-        return None
-    runs = res["overoptimisation"]["runs"]
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 3.8), squeeze=False)
-    for ax, run in zip(axes[0], runs):
-        c = run["curve"]
-        kl, it = [r["kl"] for r in c], [r["iteration"] for r in c]  # KL need not grow monotonically: points, darker = later
-        ax.scatter(kl, [r["proxy"] for r in c], c=it, cmap="Blues", vmin=-len(c) / 3, marker="o", s=18, label="proxy (reward model)")
-        ax.scatter(kl, [r["gold"] for r in c], c=it, cmap="Oranges", vmin=-len(c) / 3, marker="s", s=18, label="gold")
-        ax.set_xscale("symlog", linthresh=1.0)
-        ax.set_xlabel("KL(π || π_SFT) of the rollouts, nats")
-        ax.set_title(f"β = {run['beta']:g}")
-        ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("mean reward of the iteration's rollouts")
-    return fig
-
-
-def _plot_methods(plt, res: dict):
-    pol = res.get("policies", {})
-    rows = [m for m in HEADLINE if m in pol]
-    if not rows:
-        return None
-    fig, ax = plt.subplots(figsize=(7.5, 3.6))
-    ax.bar(range(len(rows)), [pol[m]["gold"] for m in rows], yerr=[pol[m]["gold_ci95"] for m in rows], capsize=3, color="#4c72b0")
-    _reference_lines(ax, pol)
-    ax.set_xticks(range(len(rows)), rows, rotation=35, ha="right", fontsize=8)
-    ax.set_ylabel("mean gold reward")
-    ax.legend(fontsize=8)
-    return fig
-
-
-PLOTS = (("frontier", _plot_frontier), ("overoptimisation", _plot_overoptimisation), ("methods", _plot_methods))
-
-
-def _plots(res: dict, figdir: Path) -> list[str]:
-    """Draw and save ``figdir/NAME.png`` for each of ``PLOTS`` that ``res`` has data for; the names drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figdir.mkdir(parents=True, exist_ok=True)
-    made = []
-    for name, draw in PLOTS:
-        fig = draw(plt, res)
-        if fig is None:
-            continue
-        fig.tight_layout()
-        fig.savefig(figdir / f"{name}.png", dpi=110)
-        plt.close(fig)
-        made.append(name)
-    return made
-
-
 CSS = """
 body{font:15px/1.5 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border-bottom:1px solid #ddd;padding:3px 8px;text-align:right}
@@ -395,7 +308,9 @@ def render(run: str | Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no results here (run `preftune demo` or `preftune experiment` first)")
     res = json.loads(path.read_text())
-    figures = _plots(res, run / "figures")
+    from .figures import draw  # matplotlib is imported only to draw
+
+    figures = draw(res, run / "figures")
     out = run / "report.html"
     tmp = out.with_suffix(".tmp")
     tmp.write_text(build(res, figures))

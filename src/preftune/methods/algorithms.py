@@ -93,12 +93,13 @@ class RLOO(REINFORCE):
 class GRPO(_SequenceLevel):
     """Group relative policy optimisation (Shao et al. 2024): advantages normalised within each
     prompt's group of k scores (no value model, no KL in the reward), PPO's clipped ratio per token,
-    and the KL to the reference (k3) as a loss term; per-sequence token means, averaged."""
+    and the KL to the reference (k3) as a loss term weighted by the rollout's β; per-sequence token
+    means, averaged."""
 
-    def __init__(self, k: int, beta: float, clip: float, scale_std: bool):
+    def __init__(self, k: int, clip: float, scale_std: bool):
         if k < 2:
             raise ValueError("--algo grpo needs --k 2 or more (advantages are relative to the group)")
-        self.k, self.beta, self.clip, self.scale_std = k, beta, clip, scale_std
+        self.k, self.clip, self.scale_std = k, clip, scale_std
 
     def targets(self, rollout: Rollout, baseline: float) -> tuple[Rollout, dict[str, float]]:
         advantages = losses.group_advantages(rollout.scores.view(-1, self.k), self.scale_std).flatten()
@@ -108,7 +109,7 @@ class GRPO(_SequenceLevel):
         mask = lp.mask
         surrogate, clipped = losses.ppo_clip(lp.token_logps, batch.old_logps, batch.advantages[:, None], self.clip)
         kl = losses.kl_k3(lp.token_logps, batch.ref_logps)  # (B, T-1), gradient pulls π back to π_ref
-        per_sequence = ((surrogate + self.beta * kl) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        per_sequence = ((surrogate + batch.beta * kl) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
         metrics = {"clipfrac": float(clipped[mask].float().mean()), "kl_ref": float(kl.detach()[mask].mean())}
         return per_sequence.sum(), float(len(batch)), metrics
 
@@ -174,7 +175,7 @@ ALGORITHMS = {
     "raft": lambda cfg, value: RAFT(cfg.k, cfg.keep),
     "reinforce": lambda cfg, value: REINFORCE(),
     "rloo": lambda cfg, value: RLOO(cfg.k),
-    "grpo": lambda cfg, value: GRPO(cfg.k, cfg.beta, cfg.clip, cfg.scale_std),
+    "grpo": lambda cfg, value: GRPO(cfg.k, cfg.clip, cfg.scale_std),
     "ppo": _ppo,
 }
 
