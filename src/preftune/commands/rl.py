@@ -13,9 +13,9 @@ from ..config import BestOfNConfig, RLConfig, save_config
 from ..data import encode_text, load_prompts, load_texts, write_jsonl
 from ..evaluate import evaluate_samples
 from ..loop import checkpoint_state, steps_per_epoch, train
-from ..methods.algorithms import ActorCritic, build_algorithm
+from ..methods.algorithms import build_algorithm
 from ..methods.rl import RLHF, Scorer, gold_or_none
-from ..models import build_reward_model, load_policy, load_reward_model, save_model
+from ..models import load_policy, save_model
 from ..rollout import sample
 from .common import prompts_from, set_threads
 
@@ -30,10 +30,7 @@ def rl(cfg: RLConfig) -> Path:
     reference, _ = load_policy(cfg.model)
     reference.requires_grad_(False).eval()
     scorer = Scorer(cfg.reward)
-    value = None
-    if cfg.algo == "ppo":  # the value model starts from the reward model (from pi_SFT with a fresh head under --reward gold)
-        value = (build_reward_model(cfg.model, cfg.train.seed) if scorer.gold else load_reward_model(cfg.reward))[0].train()
-    algorithm = build_algorithm(cfg, value)
+    algorithm = build_algorithm(cfg)
     ptx = [encode_text(tokenizer, t, cfg.tokens.max_length) for t in load_texts(cfg.ptx_data)] if cfg.ptx_data else None
     save_config(cfg, out / "run_config.json", command="rl", preftune=__version__)
 
@@ -49,7 +46,7 @@ def rl(cfg: RLConfig) -> Path:
     )
     t0 = time.perf_counter()
     train(
-        ActorCritic(policy, value) if value is not None else policy,
+        algorithm.trained(policy),
         method,
         replace(cfg.train, epochs=cfg.iterations, max_steps=0, save_every=save_every),
     )

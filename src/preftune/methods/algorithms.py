@@ -20,7 +20,7 @@ import torch
 from .. import losses
 from ..config import RLConfig
 from ..logprobs import LogProbs
-from ..models import RewardModel
+from ..models import RewardModel, build_reward_model, load_reward_model
 from ..rollout import Rollout
 
 Loss = tuple[torch.Tensor, torch.Tensor | float, dict[str, float]]  # (summed loss, count, metrics)
@@ -28,6 +28,10 @@ Loss = tuple[torch.Tensor, torch.Tensor | float, dict[str, float]]  # (summed lo
 
 class Algorithm(Protocol):
     update_epochs: int  # passes over each rollout
+
+    def trained(self, policy: torch.nn.Module) -> torch.nn.Module:
+        """The module the loop optimises and checkpoints (the policy, or PPO's policy and value model)."""
+        ...
 
     def rows_per_prompt(self, k: int) -> int:
         """How many of a prompt's k samples are trained on."""
@@ -42,6 +46,9 @@ class _SequenceLevel:
     """Shared by the algorithms that train on whole rollouts once (RAFT, REINFORCE, RLOO, GRPO)."""
 
     update_epochs = 1
+
+    def trained(self, policy: torch.nn.Module) -> torch.nn.Module:
+        return policy
 
     def rows_per_prompt(self, k: int) -> int:
         return k
@@ -135,6 +142,9 @@ class PPO:
         self.value, self.clip, self.value_clip, self.value_coef = value, clip, value_clip, value_coef
         self.gamma, self.lam, self.update_epochs = gamma, lam, epochs
 
+    def trained(self, policy: torch.nn.Module) -> ActorCritic:
+        return ActorCritic(policy, self.value)
+
     def rows_per_prompt(self, k: int) -> int:
         return k
 
@@ -164,27 +174,27 @@ class PPO:
         return total, mask.sum(), metrics
 
 
-def _ppo(cfg: RLConfig, value: RewardModel | None) -> PPO:
-    if value is None:
-        raise ValueError("--algo ppo needs a value model")
-    return PPO(value, cfg.clip, cfg.value_clip, cfg.value_coef, cfg.gamma, cfg.lam, cfg.update_epochs or 2)
+def _ppo(cfg: RLConfig) -> PPO:
+    """PPO with its value model, started from the reward model (from pi_SFT with a fresh head under ``--reward gold``)."""
+    value = build_reward_model(cfg.model, cfg.train.seed)[0] if cfg.reward == "gold" else load_reward_model(cfg.reward)[0]
+    return PPO(value.train(), cfg.clip, cfg.value_clip, cfg.value_coef, cfg.gamma, cfg.lam, cfg.update_epochs or 2)
 
 
 # The one place an algorithm is chosen by name.
 ALGORITHMS = {
-    "raft": lambda cfg, value: RAFT(cfg.k, cfg.keep),
-    "reinforce": lambda cfg, value: REINFORCE(),
-    "rloo": lambda cfg, value: RLOO(cfg.k),
-    "grpo": lambda cfg, value: GRPO(cfg.k, cfg.clip, cfg.scale_std),
+    "raft": lambda cfg: RAFT(cfg.k, cfg.keep),
+    "reinforce": lambda cfg: REINFORCE(),
+    "rloo": lambda cfg: RLOO(cfg.k),
+    "grpo": lambda cfg: GRPO(cfg.k, cfg.clip, cfg.scale_std),
     "ppo": _ppo,
 }
 
 
-def build_algorithm(cfg: RLConfig, value: RewardModel | None = None) -> Algorithm:
-    """The algorithm ``cfg.algo`` with its settings; PPO takes its value model here."""
+def build_algorithm(cfg: RLConfig) -> Algorithm:
+    """The algorithm ``cfg.algo`` with its settings (PPO with its value model)."""
     if cfg.algo not in ALGORITHMS:
         raise ValueError(f"--algo must be one of {tuple(ALGORITHMS)}, got {cfg.algo!r}")
-    algorithm = ALGORITHMS[cfg.algo](cfg, value)
+    algorithm = ALGORITHMS[cfg.algo](cfg)
     if cfg.update_epochs:
         algorithm.update_epochs = cfg.update_epochs
     return algorithm

@@ -75,10 +75,22 @@ class RLHF:
     statistics from iteration ``start`` on came from weights that are gone and are dropped.
     """
 
-    def __init__(self, cfg: RLConfig, algorithm: Algorithm, policy, tokenizer, reference, scorer: Scorer, prompts: list[str], **kw):
+    def __init__(
+        self,
+        cfg: RLConfig,
+        algorithm: Algorithm,
+        policy,
+        tokenizer,
+        reference,
+        scorer: Scorer,
+        prompts: list[str],
+        *,
+        ptx: list[Encoded] | None = None,
+        start: int = 0,
+    ):
         self.cfg, self.algorithm, self.policy, self.tokenizer = cfg, algorithm, policy, tokenizer
         self.reference, self.scorer, self.prompts = reference, scorer, prompts
-        self.ptx: list[Encoded] = kw.get("ptx") or []
+        self.ptx = ptx or []  # PPO-ptx: encoded pretraining texts
         self.temperature = cfg.gen.temperature or 1.0
         self.out = Path(cfg.train.out)
         self.rollout_dir = self.out / "rollouts"
@@ -86,7 +98,7 @@ class RLHF:
         self._current: tuple[int, Rollout, list] | None = None  # (iteration, targets, micro-batches)
         self._carry: tuple[int, dict] | None = None  # (iteration, β and baseline after it)
         self._trained_since: float | None = None
-        self._forget_from(kw.get("start", 0))
+        self._forget_from(start)
 
     def _forget_from(self, start: int) -> None:
         self.rollout_dir.mkdir(parents=True, exist_ok=True)
@@ -146,10 +158,10 @@ class RLHF:
         ref_logps = completion_logps(self.reference, batch, self.temperature).token_logps
         k1, k3 = losses.kl_k1(old_logps, ref_logps) * mask, losses.kl_k3(old_logps, ref_logps) * mask
         kl = k1 if cfg.kl_estimator == "k1" else k3
-        used = losses.whiten(scores) if cfg.whiten_rewards else scores
-        rewards = losses.kl_penalised_rewards(used, kl, carry["beta"])
+        trained_scores = losses.whiten(scores) if cfg.whiten_rewards else scores
+        rewards = losses.kl_penalised_rewards(trained_scores, kl, carry["beta"])
         rollout = Rollout(
-            batch.input_ids, batch.attention_mask, batch.completion_mask, old_logps, ref_logps, kl, used, rewards, carry["beta"]
+            batch.input_ids, batch.attention_mask, batch.completion_mask, old_logps, ref_logps, kl, trained_scores, rewards, carry["beta"]
         )
 
         mean_reward = float(rewards.mean())
