@@ -4,9 +4,11 @@ The workload (tokenizer, 3.7M-parameter GPT-2, data) is built by the workload's 
 ``make_assets.py`` (``--workload``, default ``../shared/bench-workload``). Settings as the TRL
 scripts: fp32, 2 threads, batch 16, 40 steps, max length 128, first 2 steps untimed.
 
-    python bench/bench_train.py [--steps 40] [--only sft,reward,dpo]
+    python bench/bench_train.py [--steps 40] [--only sft,reward,dpo] [--precision fp32,bf16]
 
-Prints a table and, last, one JSON line. TRL's numbers are those recorded in the workload's
+Dropout as the commands default to: kept in SFT, off in the reward model and DPO (their
+reference log-probs have none). ``--precision fp32,bf16`` runs each bench in both precisions
+(bf16: autocast over fp32 weights) and adds their ratio. Prints a table and, last, one JSON line. TRL's numbers are those recorded in the workload's
 README on this machine; run TRL beside it (the workload's README says how) for a same-run ratio.
 """
 
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -43,11 +46,12 @@ def assets(workload: Path, out: Path) -> Path:
     return out
 
 
-def timed(model, method, steps: int, batch: int, lr: float) -> float:
+def timed(model, method, steps: int, batch: int, lr: float, precision: str, dropout: bool) -> float:
     """Examples per second over steps WARMUP+1..steps (optimiser steps, loop overhead included)."""
     stamps: dict[int, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(out=tmp, max_steps=steps, batch_size=batch, lr=lr, save_every=0, log_every=steps, progress=False, warmup=0.0)
+        cfg = replace(cfg, precision=precision, dropout=dropout)
         train(model, method, cfg, on_step=lambda s: stamps.__setitem__(s, time.perf_counter()))
     return (steps - WARMUP) * batch / (stamps[steps] - stamps[WARMUP])
 
@@ -59,6 +63,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--only", default="sft,reward,dpo")
+    ap.add_argument("--precision", default="fp32", help="fp32, bf16 or fp32,bf16 (both, with their ratio)")
     a = ap.parse_args()
     torch.set_num_threads(2)
     root = assets(Path(a.workload), Path(a.assets))
@@ -67,44 +72,46 @@ def main() -> None:
     for f in (root / "tok").iterdir():
         if not (model_dir / f.name).exists():
             (model_dir / f.name).write_bytes(f.read_bytes())
+    results, only, precisions = {}, a.only.split(","), a.precision.split(",")
+    for precision in precisions:
+        results[precision] = run_benches(root, model_dir, only, a.steps, a.batch, precision)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    both = len(precisions) == 2
+    print(f"{'bench':<8} {'precision':<9} {'preftune /s':>12} {'TRL /s':>8} {'ratio':>6}" + (f" {'bf16/fp32':>10}" if both else ""))
+    for p, rows in results.items():
+        for k, v in rows.items():
+            extra = f" {results['bf16'][k] / results['fp32'][k]:>10.2f}" if both and p == "bf16" else ""
+            print(f"{k:<8} {p:<9} {v:>12.1f} {TRL[k]:>8.1f} {v / TRL[k]:>6.2f}{extra}")
+    print(f"peak RSS of this process (all benches): {peak:.0f} MiB")
+    line = {"examples_per_s": results, "trl_recorded_fp32": TRL, "peak_rss_mib": peak}
+    if both:
+        line["bf16_over_fp32"] = {k: results["bf16"][k] / results["fp32"][k] for k in results["fp32"]}
+    print(json.dumps(line))
+
+
+def run_benches(root: Path, model_dir: Path, only: list[str], steps: int, batch: int, precision: str) -> dict[str, float]:
     results = {}
-    only = a.only.split(",")
     if "sft" in only:
         model, tok = load_policy(model_dir)
         data = [encode(tok, r.prompt, r.completion, 128) for r in load_sft(root / "sft.jsonl")]
-        results["sft"] = timed(model, SFT(data, tok.pad_token_id, a.batch, 0), a.steps, a.batch, 2e-5)
+        results["sft"] = timed(model, SFT(data, tok.pad_token_id, batch, 0), steps, batch, 2e-5, precision, dropout=True)
     if "reward" in only:
         rm, tok = build_reward_model(model_dir)
         recs = [r for r in load_comparisons(root / "pref.jsonl") if isinstance(r, Comparison)]
         units = to_units(recs, tok, 128, 64, use_strength=False)
-        results["reward"] = timed(rm, RewardTraining(units, [], tok.pad_token_id, a.batch, 0), a.steps, a.batch, 1e-4)
+        results["reward"] = timed(rm, RewardTraining(units, [], tok.pad_token_id, batch, 0), steps, batch, 1e-4, precision, dropout=False)
     if "dpo" in only:
         model, tok = load_policy(model_dir)
-        pairs = to_pairs(load_comparisons(root / "pref.jsonl")[: a.steps * a.batch], tok, TokenConfig(max_length=96, max_prompt_length=64))
+        pairs = to_pairs(load_comparisons(root / "pref.jsonl")[: steps * batch], tok, TokenConfig(max_length=96, max_prompt_length=64))
         t0 = time.perf_counter()
         pairs = reference_logps(model, pairs, tok.pad_token_id, False)  # once, before training (counted below)
         ref_s = time.perf_counter() - t0
-        pps = timed(
-            model,
-            DirectPreference(
-                PairData(pairs, [], tok.pad_token_id, a.batch, 0), preference_loss(DPOConfig(model="", data="", beta=0.1)), 0.1
-            ),
-            a.steps,
-            a.batch,
-            1e-6,
+        method = DirectPreference(
+            PairData(pairs, [], tok.pad_token_id, batch, 0), preference_loss(DPOConfig(model="", data="", beta=0.1)), 0.1
         )
-        # charge the reference pass to the timed steps, pro rata
-        results["dpo"] = 1.0 / (1.0 / pps + ref_s / len(pairs))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{'bench':<8} {'preftune /s':>12} {'TRL /s':>8} {'ratio':>6}")
-    for k, v in results.items():
-        print(f"{k:<8} {v:>12.1f} {TRL[k]:>8.1f} {v / TRL[k]:>6.2f}")
-    print(f"peak RSS of this process (all benches): {peak:.0f} MiB")
-    print(
-        json.dumps(
-            {"examples_per_s": results, "trl_recorded": TRL, "ratio": {k: v / TRL[k] for k, v in results.items()}, "peak_rss_mib": peak}
-        )
-    )
+        pps = timed(model, method, steps, batch, 1e-6, precision, dropout=False)
+        results["dpo"] = 1.0 / (1.0 / pps + ref_s / len(pairs))  # the reference pass charged to the timed steps, pro rata
+    return results
 
 
 if __name__ == "__main__":

@@ -24,3 +24,18 @@ def model(tokenizer):
 @pytest.fixture(scope="session")
 def world_rows():
     return lists.sft_data(64, seed=1)
+
+
+@pytest.fixture()
+def gpt2_with_dropout(tmp_path, tokenizer):
+    """A saved micro GPT-2 with GPT-2's default dropout (0.1 on embeddings, attention and residuals)."""
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    from preftune.models import save_model
+
+    ids = dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=128, **ids)
+    assert config.resid_pdrop == config.attn_pdrop == config.embd_pdrop == 0.1
+    torch.manual_seed(0)
+    save_model(AutoModelForCausalLM.from_config(config), tokenizer, tmp_path / "gpt2")
+    return tmp_path / "gpt2"

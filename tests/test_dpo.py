@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -120,3 +121,18 @@ def test_simpo_needs_no_reference_and_uses_mean_logps(model, tokenizer):
 
 def test_every_loss_name_is_registered_once():
     assert (*LOSSES, "unlikelihood") == PREFERENCE_LOSSES
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_dropout_is_off_by_default_so_the_first_step_starts_at_the_reference(tmp_path, tokenizer, gpt2_with_dropout, dropout):
+    """GPT-2 with dropout 0.1: the reference log-probs are taken without dropout, so a policy that
+    trains with it starts with Δ ≠ 0; the DPO trainer's default (dropout off) starts at Δ = 0."""
+    from preftune.models import load_policy
+
+    model, _ = load_policy(gpt2_with_dropout)
+    pairs = reference_logps(model, _pairs(tokenizer, n=8), tokenizer.pad_token_id, False)
+    assert DPOConfig().train.dropout is False
+    cfg = TrainConfig(out=str(tmp_path / f"d{dropout}"), max_steps=1, batch_size=8, lr=0.0, progress=False, save_every=0, dropout=dropout)
+    train(model, _method(pairs, [], tokenizer, "dpo", batch_size=8), cfg)
+    margin = json.loads((tmp_path / f"d{dropout}" / "metrics.jsonl").read_text().splitlines()[0])["rewards/margin"]
+    assert (abs(margin) > 1e-3) if dropout else (abs(margin) < 1e-6), margin

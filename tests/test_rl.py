@@ -228,3 +228,26 @@ def test_best_of_n_command_on_gold_beats_one_sample(world_dir):
     assert len(rows) == 40 and [r["score"] for r in rows] == pytest.approx(
         [lists.gold_reward(r["prompt"], r["completion"], r["ended"]) for r in rows]
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dropout", [False, True])
+def test_ppo_starts_at_ratio_one_with_dropout_off(tmp_path, tokenizer, gpt2_with_dropout, dropout):
+    """GPT-2 with dropout 0.1: rollouts are sampled without dropout, so a policy trained with it sees
+    π/π_old ≠ 1 before any update. The RL trainer's default (dropout off) starts at ratio 1 (up to the
+    KV cache's rounding) and clips nothing."""
+    write_jsonl(tmp_path / "prompts.jsonl", lists.prompts(8, seed=5))
+    assert RLConfig.__dataclass_fields__["train"].default.dropout is False
+    train = TrainConfig(
+        out=str(tmp_path / f"d{dropout}"), lr=0.0, batch_size=16, save_every=0, progress=False, log_every=1, dropout=dropout
+    )
+    cfg = RLConfig(
+        model=str(gpt2_with_dropout), reward="gold", prompts=str(tmp_path / "prompts.jsonl"), algo="ppo", iterations=1,
+        prompts_per_iter=4, k=4, gen=SamplingConfig(max_new_tokens=8), train=train,
+    )  # fmt: skip
+    rl.rl(cfg)
+    first = json.loads((tmp_path / f"d{dropout}" / "metrics.jsonl").read_text().splitlines()[0])
+    if dropout:
+        assert first["approx_kl"] > 1e-4
+    else:
+        assert first["approx_kl"] < 1e-6 and first["clipfrac"] == 0.0

@@ -50,6 +50,11 @@ class TrainConfig:
     log_every: int = doc(10, "write a metrics.jsonl row every N steps")
     patience: int = doc(0, "early stopping: stop after N evaluations without improvement and keep the best (0 = off)")
     seed: int = doc(0, "seed for initialisation and data order")
+    precision: str = doc(
+        "fp32", "bf16: autocast the forward to bfloat16 over fp32 weights (log-probs and losses stay fp32)", choices=("fp32", "bf16")
+    )
+    gradient_checkpointing: bool = doc(False, "recompute activations in the backward pass (non-reentrant): less memory, more time")
+    dropout: bool = doc(True, "keep the model's dropout while training (off for DPO, reward and RL: their reference log-probs have none)")
     resume: bool = doc(False, "continue from the last complete checkpoint in out/checkpoints")
     progress: bool = doc(True, "show a progress bar")
 
@@ -175,7 +180,7 @@ class RewardConfig:
     eval_prompts: str = doc("", "prompts for the Spearman check on fresh policy samples (default: the held-out prompts)")
     tokens: TokenConfig = TokenConfig(max_length=96, max_prompt_length=64)
     # lr 3e-4 beat 1e-3 and 1e-4 on the lists world (README: "Reward model"); early stopping keeps the best.
-    train: TrainConfig = TrainConfig(out="runs/rm", epochs=3.0, lr=3e-4, batch_size=8, eval_every=100, patience=5)
+    train: TrainConfig = TrainConfig(out="runs/rm", epochs=3.0, lr=3e-4, batch_size=8, eval_every=100, patience=5, dropout=False)
 
 
 @dataclass(frozen=True)
@@ -204,7 +209,7 @@ class DPOConfig:
     lora_r: int = doc(8, "LoRA rank")
     lora_alpha: int = doc(16, "LoRA scaling numerator")
     tokens: TokenConfig = TokenConfig(max_length=96, max_prompt_length=64)
-    train: TrainConfig = TrainConfig(out="runs/dpo", epochs=3.0, lr=3e-4, batch_size=16, eval_every=50)
+    train: TrainConfig = TrainConfig(out="runs/dpo", epochs=3.0, lr=3e-4, batch_size=16, eval_every=50, dropout=False)
 
 
 @dataclass(frozen=True)
@@ -237,7 +242,9 @@ class RLConfig:
     ptx_coef: float = doc(0.0, "ppo-ptx: weight of the pretraining NLL")
     # lr 1e-4: at 3e-4 REINFORCE's KL ran away (14.6 nats, gold below pi_SFT) in the demo; at 1e-4
     # every algorithm lifted gold on the demo's reward model (README, "RLHF").
-    train: TrainConfig = TrainConfig(out="runs/rl", lr=1e-4, batch_size=64, warmup=0.0, schedule="constant", save_every=20, log_every=1)
+    train: TrainConfig = TrainConfig(
+        out="runs/rl", lr=1e-4, batch_size=64, warmup=0.0, schedule="constant", save_every=20, log_every=1, dropout=False
+    )
     gen: SamplingConfig = SamplingConfig(max_new_tokens=32, temperature=1.0)
     tokens: TokenConfig = TokenConfig(max_length=96, max_prompt_length=64)
 

@@ -10,6 +10,7 @@ same parameters as a run that was never interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -72,6 +73,35 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Zero every dropout of ``model``: ``nn.Dropout`` modules and the float ``attention_dropout``
+    that some attention implementations read instead (Llama, Qwen2, Mistral)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Non-reentrant activation checkpointing in every Hugging Face model inside ``model``."""
+    from transformers import PreTrainedModel
+
+    found = [m for m in model.modules() if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing]
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no Hugging Face model that supports gradient checkpointing")
+    for m in found:
+        if hasattr(m, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+            m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def autocast(cfg: TrainConfig):
+    """The forward's precision: bf16 autocast over fp32 weights, or nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
 
 
 def steps_per_epoch(method: Method, cfg: TrainConfig) -> int:
@@ -182,6 +212,10 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
+    if not cfg.dropout:
+        disable_dropout(model)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     optimizer = make_optimizer(model, cfg)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     per_epoch = steps_per_epoch(method, cfg)
@@ -220,7 +254,8 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
                 g["lr"] = cfg.lr * lr_factor(state["step"], total, warmup, cfg.schedule)
             loss_sum, count, sums = 0.0, 0.0, defaultdict(float)
             for batch in group:
-                res = method.loss(model, batch)
+                with autocast(cfg):
+                    res = method.loss(model, batch)
                 res.loss.backward()  # summed; normalised below over the whole accumulated batch
                 loss_sum += res.loss.item()
                 count += float(res.count)
@@ -240,7 +275,8 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
 
             row = {"loss/train": loss_sum / max(count, 1e-12), "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"], **sums}
             if cfg.eval_every and state["step"] % cfg.eval_every == 0 or done:
-                row.update({f"eval/{k}": v for k, v in _evaluate(model, method).items()})
+                with autocast(cfg):
+                    row.update({f"eval/{k}": v for k, v in _evaluate(model, method).items()})
                 if cfg.patience and f"eval/{monitor}" in row:
                     value = row[f"eval/{monitor}"]
                     if state["best"] is None or (value > state["best"] if mode == "max" else value < state["best"]):
