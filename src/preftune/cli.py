@@ -50,17 +50,21 @@ def _add_fields(parser: argparse.ArgumentParser, cfg: Any) -> None:
     for path, f, value in fields_of(cfg):
         group = path.rpartition(".")[0]
         target = parser if not group else groups.setdefault(group, parser.add_argument_group(f"--{group}.*"))
-        text = f.metadata.get("help", "").replace("%", "%%")
+        text = f.metadata.get("help", "").replace("%", "%%") + (" (required)" if f.metadata.get("required") else "")
         shown = f"{text} (default: {value})" if value not in ("", ()) and not isinstance(value, bool) else text
+        metavar = type(value[0] if isinstance(value, tuple) and value else "" if isinstance(value, tuple) else value).__name__.upper()
         if f.metadata.get("positional"):
             target.add_argument(path, nargs="?", default=value, metavar=path.upper(), help=shown)
         elif isinstance(value, bool):
             target.add_argument(flag(path), dest=path, action="store_true", default=value, help=f"{text} (default)" if value else text)
-            target.add_argument(flag(path, negate=True), dest=path, action="store_false", help=argparse.SUPPRESS if value else "(default)")
+            target.add_argument(flag(path, negate=True), dest=path, action="store_false", help="(default)" if not value else "turn it off")
         elif isinstance(value, tuple):
-            target.add_argument(flag(path), dest=path, nargs=f.metadata.get("nargs", "+"), default=list(value), help=shown)
+            target.add_argument(flag(path), dest=path, nargs=f.metadata.get("nargs", "+"), default=list(value), metavar=metavar, help=shown)
         else:
-            target.add_argument(flag(path), dest=path, type=type(value), default=value, choices=f.metadata.get("choices"), help=shown)
+            choices = f.metadata.get("choices")
+            target.add_argument(
+                flag(path), dest=path, type=type(value), default=value, choices=choices, metavar=None if choices else metavar, help=shown
+            )
 
 
 def _build(default: Any, ns: argparse.Namespace) -> Any:
