@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import distributed
 from .config import TrainConfig
 
 
@@ -211,6 +212,7 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
     """
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    distributed.setup()
     torch.manual_seed(cfg.seed)
     if not cfg.dropout:
         disable_dropout(model)
@@ -231,10 +233,14 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
         print(f"resuming from {ckpt} (step {state['step']} of {total})")
     elif ckpt is not None:
         raise FileExistsError(f"{out} holds checkpoints of an earlier run; pass --resume to continue it or choose another --out")
-    log = MetricsLog(out / "metrics.jsonl", state["step"] if cfg.resume else None)
+    main, world = distributed.is_main(), distributed.world_size()
+    log = MetricsLog(out / "metrics.jsonl", state["step"] if cfg.resume else None) if main else None
+    # Under torchrun each process runs its shard of every micro-batch through DDP, which averages
+    # the gradients over processes; the normalisation below turns that into the global sum / count.
+    trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     bar = None
-    if cfg.progress:
+    if cfg.progress and main:
         from tqdm.auto import tqdm
 
         quiet_log = not sys.stderr.isatty()  # in a log file, a line every few seconds is enough
@@ -254,15 +260,21 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
                 g["lr"] = cfg.lr * lr_factor(state["step"], total, warmup, cfg.schedule)
             loss_sum, count, sums = 0.0, 0.0, defaultdict(float)
             for batch in group:
+                part = distributed.shard(batch) if world > 1 else batch
+                if not part:
+                    raise ValueError(
+                        f"a micro-batch of {len(batch)} cannot be split over {world} processes: use more data or a larger batch"
+                    )
                 with autocast(cfg):
-                    res = method.loss(model, batch)
+                    res = method.loss(trained, part)
                 res.loss.backward()  # summed; normalised below over the whole accumulated batch
                 loss_sum += res.loss.item()
                 count += float(res.count)
                 for k, v in res.metrics.items():
                     sums[k] += v / len(group)
+            loss_sum, count = distributed.sum_all(loss_sum), distributed.sum_all(count)
             if count > 0:
-                torch._foreach_div_([p.grad for p in params if p.grad is not None], count)
+                torch._foreach_div_([p.grad for p in params if p.grad is not None], count / world)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -294,9 +306,12 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
                     **row,
                     "time/elapsed_s": round(time.perf_counter() - start, 3),
                 }
-                log.write(last)
+                if log is not None:
+                    log.write(last)
             if cfg.save_every and state["step"] % cfg.save_every == 0 or done:
-                save_checkpoint(out, model, optimizer, state, best)
+                if main:
+                    save_checkpoint(out, model, optimizer, state, best)
+                distributed.barrier()  # nobody runs ahead of a checkpoint it might resume from
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss/train']:.4f}", refresh=False)  # refreshing here would defeat mininterval

@@ -9,12 +9,19 @@ from collections.abc import Sequence
 
 import torch
 
+from .. import distributed
+from ..config import TrainConfig
 from ..data import Encoded, load_prompts, write_jsonl
 
 
 def set_threads() -> None:
     """Torch threads: ``PREFTUNE_THREADS``, else every core."""
     torch.set_num_threads(int(os.environ.get("PREFTUNE_THREADS", os.cpu_count() or 1)))
+
+
+def global_batch_size(train: TrainConfig) -> int:
+    """Examples per micro-batch over all processes: ``--train.batch-size`` is per process (TRL's convention)."""
+    return train.batch_size * distributed.world_size()
 
 
 def held_out_split(items: list, fraction: float = 0.05, seed: int = 0) -> tuple[list, list]:

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from .. import __version__, distributed
 from ..config import DPOConfig, TokenConfig, save_config, to_dict
 from ..data import Comparison, Ranking, encode, load_comparisons
 from ..loop import train
 from ..methods.dpo import DirectPreference, Pair, PairData, Unlikelihood, preference_loss, reference_logps
 from ..models import add_lora, load_policy, save_model
-from .common import held_out_split, set_threads
+from .common import global_batch_size, held_out_split, set_threads
 
 
 def to_pairs(records, tokenizer, tokens: TokenConfig) -> list[Pair]:
@@ -42,6 +42,8 @@ def cached_reference(model, pairs: list[Pair], pad_id: int, cfg: DPOConfig, leng
         if blob.get("key") == key:
             return [Pair(p.chosen, p.rejected, p.strength, float(c), float(r)) for p, c, r in zip(pairs, blob["chosen"], blob["rejected"])]
     done = reference_logps(model, pairs, pad_id, length_normalise)
+    if not distributed.is_main():  # every process computes the same; one writes
+        return done
     tmp = path.with_suffix(".tmp")
     torch.save(
         {"key": key, "chosen": torch.tensor([p.ref_chosen for p in done]), "rejected": torch.tensor([p.ref_rejected for p in done])}, tmp
@@ -54,7 +56,8 @@ def dpo(cfg: DPOConfig) -> Path:
     set_threads()
     out = Path(cfg.train.out)
     model, tokenizer = load_policy(cfg.model)
-    save_config(cfg, out / "run_config.json", command="dpo", preftune=__version__)
+    if distributed.is_main():
+        save_config(cfg, out / "run_config.json", command="dpo", preftune=__version__)
     records = load_comparisons(cfg.data)
     held_records = load_comparisons(cfg.eval_data) if cfg.eval_data else []
     if not held_records:
@@ -62,17 +65,18 @@ def dpo(cfg: DPOConfig) -> Path:
     train_pairs, held_pairs = to_pairs(records, tokenizer, cfg.tokens), to_pairs(held_records, tokenizer, cfg.tokens)
     pad, leash = tokenizer.pad_token_id, "no reference"
     if cfg.loss == "unlikelihood":  # the baseline: no function of Δ, no reference
-        method = Unlikelihood(PairData(train_pairs, held_pairs, pad, cfg.train.batch_size, cfg.train.seed))
+        method = Unlikelihood(PairData(train_pairs, held_pairs, pad, global_batch_size(cfg.train), cfg.train.seed))
     else:
         loss = preference_loss(cfg)
         if loss.reference:  # the model as loaded (pi_SFT); with LoRA, the same base before adapters
             train_pairs = cached_reference(model, train_pairs, pad, cfg, loss.length_normalise, out / "ref_logps.pt")
             held_pairs = reference_logps(model, held_pairs, pad, loss.length_normalise)
             leash = f"beta {cfg.beta}"
-        method = DirectPreference(PairData(train_pairs, held_pairs, pad, cfg.train.batch_size, cfg.train.seed), loss, cfg.beta)
+        method = DirectPreference(PairData(train_pairs, held_pairs, pad, global_batch_size(cfg.train), cfg.train.seed), loss, cfg.beta)
     if cfg.lora:
         model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
     print(f"{cfg.loss}: {len(train_pairs):,} training and {len(held_pairs):,} held-out pairs, {leash} -> {out}")
     train(model, method, cfg.train)
-    save_model(model, tokenizer, out)
+    if distributed.is_main():
+        save_model(model, tokenizer, out)
     return out

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from .. import __version__, distributed
 from ..config import RewardConfig, ScoreConfig, save_config
 from ..data import Comparison, Ranking, load_comparisons, load_sft, read_rows
 from ..evaluate import evaluate_reward_model, format_reward_report
 from ..loop import train
 from ..methods.reward import RewardTraining, score_texts, to_units
 from ..models import build_reward_model, load_reward_model, save_model
-from .common import emit_rows, held_out_split, set_threads
+from .common import emit_rows, global_batch_size, held_out_split, set_threads
 
 
 def reward(cfg: RewardConfig) -> dict:
@@ -22,7 +22,8 @@ def reward(cfg: RewardConfig) -> dict:
     set_threads()
     out = Path(cfg.train.out)
     rm, tokenizer = build_reward_model(cfg.model, seed=cfg.train.seed)
-    save_config(cfg, out / "run_config.json", command="reward", preftune=__version__)
+    if distributed.is_main():
+        save_config(cfg, out / "run_config.json", command="reward", preftune=__version__)
     records = load_comparisons(cfg.data)
     held_records = load_comparisons(cfg.eval_data) if cfg.eval_data else []
     if not held_records:
@@ -32,11 +33,18 @@ def reward(cfg: RewardConfig) -> dict:
         return to_units(rs, tokenizer, cfg.tokens.max_length, cfg.tokens.max_prompt_length, cfg.use_strength)
 
     method = RewardTraining(
-        units(records), units(held_records), tokenizer.pad_token_id, cfg.train.batch_size, cfg.train.seed, cfg.margin, cfg.ranking_loss
+        units(records),
+        units(held_records),
+        tokenizer.pad_token_id,
+        global_batch_size(cfg.train),
+        cfg.train.seed,
+        cfg.margin,
+        cfg.ranking_loss,
     )
     print(f"reward: {len(records):,} training and {len(held_records):,} held-out comparisons -> {out}")
     train(rm, method, cfg.train)
-
+    if not distributed.is_main():  # centring, saving and evaluation: one process
+        return {}
     # Centre: reference-policy samples (the compared completions) score 0 on average.
     refs = sorted({(r.prompt, c) for r in records for c in _completions(r)})[:2000]
     raw = score_texts(rm, tokenizer, refs, cfg.tokens) + rm.offset

@@ -8,7 +8,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .. import __version__, losses
+from .. import __version__, distributed, losses
 from ..config import BestOfNConfig, RLConfig, save_config
 from ..data import encode_text, load_prompts, load_texts, write_jsonl
 from ..evaluate import evaluate_samples
@@ -23,6 +23,8 @@ from .common import prompts_from, set_threads
 def rl(cfg: RLConfig) -> Path:
     """RL from pi_SFT against ``cfg.reward``; a loop epoch is one rollout iteration."""
     set_threads()
+    if distributed.world_size() > 1:
+        raise ValueError("preftune rl runs in one process for now (sharded rollouts under torchrun are not built yet)")
     if cfg.ptx_coef > 0 and not cfg.ptx_data:
         raise ValueError("--ptx-coef needs --ptx-data")
     out = Path(cfg.train.out)
