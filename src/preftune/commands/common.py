@@ -6,17 +6,31 @@ import json
 import os
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from .. import distributed
-from ..config import TrainConfig
-from ..data import Encoded, load_prompts, write_jsonl
+from .. import __version__, distributed
+from ..config import TrainConfig, save_config
+from ..data import Comparison, Encoded, Ranking, load_comparisons, load_prompts, write_jsonl
 
 
 def set_threads() -> None:
     """Torch threads: ``PREFTUNE_THREADS``, else every core."""
     torch.set_num_threads(int(os.environ.get("PREFTUNE_THREADS", os.cpu_count() or 1)))
+
+
+def record_config(cfg: Any, command: str) -> None:
+    """The run's resolved config as ``OUT/run_config.json`` (one process writes it)."""
+    if distributed.is_main():
+        save_config(cfg, f"{cfg.train.out}/run_config.json", command=command, preftune=__version__)
+
+
+def comparisons(data: str, eval_data: str, fraction: float, seed: int) -> tuple[list[Comparison | Ranking], list[Comparison | Ranking]]:
+    """Training and held-out comparisons: ``eval_data``'s, or a seeded ``fraction`` of ``data``."""
+    records = load_comparisons(data)
+    held = load_comparisons(eval_data) if eval_data else []
+    return (records, held) if held else held_out_split(records, fraction=fraction, seed=seed)
 
 
 def global_batch_size(train: TrainConfig) -> int:

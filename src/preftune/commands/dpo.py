@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__, distributed
-from ..config import DPOConfig, TokenConfig, save_config, to_dict
-from ..data import Comparison, Ranking, encode, load_comparisons
+from .. import distributed
+from ..config import DPOConfig, TokenConfig, to_dict
+from ..data import Comparison, Ranking, encode
 from ..loop import train
 from ..methods.dpo import DirectPreference, Pair, PairData, Unlikelihood, preference_loss, reference_logps
 from ..models import add_lora, load_policy, save_model
-from .common import global_batch_size, held_out_split, set_threads
+from .common import comparisons, global_batch_size, record_config, set_threads
 
 
 def to_pairs(records, tokenizer, tokens: TokenConfig) -> list[Pair]:
@@ -56,12 +56,8 @@ def dpo(cfg: DPOConfig) -> Path:
     set_threads()
     out = Path(cfg.train.out)
     model, tokenizer = load_policy(cfg.model)
-    if distributed.is_main():
-        save_config(cfg, out / "run_config.json", command="dpo", preftune=__version__)
-    records = load_comparisons(cfg.data)
-    held_records = load_comparisons(cfg.eval_data) if cfg.eval_data else []
-    if not held_records:
-        records, held_records = held_out_split(records, fraction=0.05, seed=cfg.train.seed)
+    record_config(cfg, "dpo")
+    records, held_records = comparisons(cfg.data, cfg.eval_data, 0.05, cfg.train.seed)
     train_pairs, held_pairs = to_pairs(records, tokenizer, cfg.tokens), to_pairs(held_records, tokenizer, cfg.tokens)
     pad, leash = tokenizer.pad_token_id, "no reference"
     if cfg.loss == "unlikelihood":  # the baseline: no function of Δ, no reference

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__, distributed
-from ..config import RewardConfig, ScoreConfig, save_config
-from ..data import Comparison, Ranking, load_comparisons, load_sft, read_rows
+from .. import distributed
+from ..config import RewardConfig, ScoreConfig
+from ..data import Comparison, Ranking, load_sft, read_rows
 from ..evaluate import evaluate_reward_model, format_reward_report
 from ..loop import train
 from ..methods.reward import RewardTraining, score_texts, to_units
 from ..models import build_reward_model, load_reward_model, save_model
-from .common import emit_rows, global_batch_size, held_out_split, set_threads
+from .common import comparisons, emit_rows, global_batch_size, record_config, set_threads
 
 
 def reward(cfg: RewardConfig) -> dict:
@@ -22,12 +22,8 @@ def reward(cfg: RewardConfig) -> dict:
     set_threads()
     out = Path(cfg.train.out)
     rm, tokenizer = build_reward_model(cfg.model, seed=cfg.train.seed)
-    if distributed.is_main():
-        save_config(cfg, out / "run_config.json", command="reward", preftune=__version__)
-    records = load_comparisons(cfg.data)
-    held_records = load_comparisons(cfg.eval_data) if cfg.eval_data else []
-    if not held_records:
-        records, held_records = held_out_split(records, fraction=0.1, seed=cfg.train.seed)
+    record_config(cfg, "reward")
+    records, held_records = comparisons(cfg.data, cfg.eval_data, 0.1, cfg.train.seed)
 
     def units(rs):
         return to_units(rs, tokenizer, cfg.tokens.max_length, cfg.tokens.max_prompt_length, cfg.use_strength)

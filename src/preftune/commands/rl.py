@@ -8,8 +8,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .. import __version__, distributed, losses
-from ..config import BestOfNConfig, RLConfig, save_config
+from .. import distributed, losses
+from ..config import BestOfNConfig, RLConfig
 from ..data import encode_text, load_prompts, load_texts, write_jsonl
 from ..evaluate import evaluate_samples
 from ..loop import checkpoint_state, steps_per_epoch, train
@@ -17,7 +17,7 @@ from ..methods.algorithms import build_algorithm
 from ..methods.rl import RLHF, Scorer, gold_or_none
 from ..models import load_policy, save_model
 from ..rollout import sample
-from .common import prompts_from, set_threads
+from .common import prompts_from, record_config, set_threads
 
 
 def rl(cfg: RLConfig) -> Path:
@@ -34,7 +34,7 @@ def rl(cfg: RLConfig) -> Path:
     scorer = Scorer(cfg.reward)
     algorithm = build_algorithm(cfg)
     ptx = [encode_text(tokenizer, t, cfg.tokens.max_length) for t in load_texts(cfg.ptx_data)] if cfg.ptx_data else None
-    save_config(cfg, out / "run_config.json", command="rl", preftune=__version__)
+    record_config(cfg, "rl")
 
     resumed = checkpoint_state(out) if cfg.train.resume else None
     start = resumed["epoch"] if resumed else 0  # rollouts from here on came from weights we no longer have

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import __version__, distributed
-from ..config import PretrainConfig, SFTConfig, save_config
+from .. import distributed
+from ..config import PretrainConfig, SFTConfig
 from ..data import encode, encode_text, load_sft, load_texts
 from ..loop import train
 from ..methods.sft import SFT
 from ..models import add_lora, build_model, load_policy, load_tokenizer, n_params, save_model, train_tokenizer
-from .common import global_batch_size, held_out_split, report_truncation, set_threads
+from .common import global_batch_size, held_out_split, record_config, report_truncation, set_threads
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
@@ -20,8 +20,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     texts = load_texts(cfg.data)
     tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else train_tokenizer(texts, cfg.vocab_size)
     model = build_model(tokenizer, cfg.size, cfg.arch, seed=cfg.train.seed)
-    if distributed.is_main():
-        save_config(cfg, out / "run_config.json", command="pretrain", preftune=__version__)
+    record_config(cfg, "pretrain")
     print(f"pretrain: {n_params(model):,} parameters, {len(texts):,} documents -> {out}")
     encoded = [encode_text(tokenizer, t, cfg.tokens.max_length) for t in texts]
     report_truncation(encoded, "documents")
@@ -39,8 +38,7 @@ def sft(cfg: SFTConfig) -> Path:
     model, tokenizer = load_policy(cfg.model)
     if cfg.lora:
         model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
-    if distributed.is_main():
-        save_config(cfg, out / "run_config.json", command="sft", preftune=__version__)
+    record_config(cfg, "sft")
 
     def enc(rows):
         return [encode(tokenizer, r.prompt, r.completion, cfg.tokens.max_length, cfg.tokens.max_prompt_length) for r in rows]
