@@ -52,7 +52,7 @@ def _add_fields(parser: argparse.ArgumentParser, cfg: Any) -> None:
         target = parser if not group else groups.setdefault(group, parser.add_argument_group(f"--{group}.*"))
         text = f.metadata.get("help", "").replace("%", "%%") + (" (required)" if f.metadata.get("required") else "")
         shown = f"{text} (default: {value})" if value not in ("", ()) and not isinstance(value, bool) else text
-        metavar = type(value[0] if isinstance(value, tuple) and value else "" if isinstance(value, tuple) else value).__name__.upper()
+        metavar = "STR" if isinstance(value, tuple) else type(value).__name__.upper()  # list flags arrive as strings
         if f.metadata.get("positional"):
             target.add_argument(path, nargs="?", default=value, metavar=path.upper(), help=shown)
         elif isinstance(value, bool):

@@ -114,8 +114,7 @@ class Pipeline:
         self._sft_ready = False
         self._samples: str | None = None
         self._labelled: set[str] = set()
-        self.gen = self.config("sample", SampleConfig(model="", prompts="")).gen
-        self.gen = replace(self.gen, seed=seed)
+        self.gen = replace(self.config("sample", SampleConfig(model="", prompts="")).gen, seed=seed)
 
     def path(self, name: str) -> str:
         return str(self.out / name)

@@ -97,9 +97,13 @@ class PairData:
     def batches(self, epoch: int) -> list[list[Pair]]:
         return shuffled_batches(self.train, self.batch_size, self.seed, epoch)
 
-    def held_out_chunks(self) -> list[Sequence[Pair]]:
-        size = 2 * self.batch_size
-        return [self.held_out[i : i + size] for i in range(0, len(self.held_out), size)]
+    def evaluate(self, won_and_loss: Callable[[Sequence[Pair]], tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+        """Held-out accuracy and mean loss, from ``won_and_loss(pairs) -> ((B,) bool, (B,) loss)`` over chunks."""
+        correct, total, n, size = 0, 0.0, 0, 2 * self.batch_size
+        for i in range(0, len(self.held_out), size):
+            won, loss = won_and_loss(self.held_out[i : i + size])
+            correct, total, n = correct + won.sum().item(), total + loss.sum().item(), n + len(won)
+        return {"accuracy": correct / n, "loss": total / n} if n else {}
 
 
 class DirectPreference:
@@ -134,13 +138,11 @@ class DirectPreference:
         return StepLoss(loss, len(pairs), metrics)
 
     def evaluate(self, model) -> dict[str, float]:
-        correct, total, n = 0, 0.0, 0
-        for pairs in self.data.held_out_chunks():
+        def won_and_loss(pairs):
             *_, delta = self._terms(model, pairs)
-            correct += (delta > 0).sum().item()
-            total += self.preference_loss.fn(delta, torch.tensor([p.strength for p in pairs])).sum().item()
-            n += len(pairs)
-        return {"accuracy": correct / n, "loss": total / n} if n else {}
+            return delta > 0, self.preference_loss.fn(delta, torch.tensor([p.strength for p in pairs]))
+
+        return self.data.evaluate(won_and_loss)
 
 
 class Unlikelihood:
@@ -173,10 +175,9 @@ class Unlikelihood:
 
     def evaluate(self, model) -> dict[str, float]:
         """Held-out share of pairs where log π(y_w) > log π(y_l), and the loss."""
-        correct, total, n = 0, 0.0, 0
-        for pairs in self.data.held_out_chunks():
+
+        def won_and_loss(pairs):
             c, r, nll, ul = self._terms(model, pairs)
-            correct += (c > r).sum().item()
-            total += (nll + ul).sum().item()
-            n += len(pairs)
-        return {"accuracy": correct / n, "loss": total / n} if n else {}
+            return c > r, nll + ul
+
+        return self.data.evaluate(won_and_loss)
