@@ -1,5 +1,6 @@
-"""torchrun: 2 processes × batch 8 end where 1 process × batch 16 ends (gloo on this CPU, DDP)."""
+"""torchrun (gloo on this CPU): 2 processes × batch 8 end where 1 process × batch 16 ends."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -67,14 +68,39 @@ def base(tmp_path_factory):
     return d
 
 
-def _run(argv: list[str], processes: int) -> None:
+def _run(argv: list[str], processes: int, script: str | None = None) -> subprocess.CompletedProcess:
+    """``preftune ARGV`` (or ``python SCRIPT ARGV``) in one process, or under torchrun."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFTUNE_THREADS": "1"}
-    cmd = (
-        [sys.executable, "-m", "preftune", *argv]
-        if processes == 1
-        else [TORCHRUN, "--nproc-per-node", str(processes), "-m", "preftune", *argv]
-    )
-    subprocess.run(cmd, check=True, env=env, capture_output=True)
+    target = [script] if script else ["-m", "preftune"]
+    cmd = [sys.executable, *target, *argv] if processes == 1 else [TORCHRUN, "--nproc-per-node", str(processes), *target, *argv]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def _rl_args(base: Path, algo: str, out: Path) -> list[str]:
+    return [
+        "rl",
+        "--model",
+        str(base / "base"),
+        "--reward",
+        "gold",
+        "--prompts",
+        str(base / "w/prompts.jsonl"),
+        "--algo",
+        algo,
+        "--prompts-per-iter",
+        "4",
+        "--k",
+        "4",
+        "--gen.max-new-tokens",
+        "8",
+        "--tokens.max-length",
+        "48",
+        "--train.no-progress",
+        "--train.out",
+        str(out),
+    ]
 
 
 @pytest.mark.slow
@@ -108,3 +134,44 @@ def test_two_processes_of_batch_8_equal_one_process_of_batch_16(base, tmp_path, 
     assert "metrics.jsonl" in logs and "run_config.json" in logs
     rows = (tmp_path / "two/metrics.jsonl").read_text().splitlines()
     assert len(rows) == 1  # one writer (log_every 10, 3 steps: the last step only)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
+@pytest.mark.parametrize("algo", ["rloo", "ppo", "grpo"])
+def test_rl_update_of_two_processes_equals_one_process_on_one_rollout(base, tmp_path, algo):
+    """One rollout (4 prompts × 4 samples) from a one-process run, then the same iteration's update
+    (PPO: 2 epochs, its value model too) in 1 process × 16 rows and 2 processes × 8 rows."""
+    _run([*_rl_args(base, algo, tmp_path / "collect"), "--iterations", "1"], 1)
+    blob = torch.load(tmp_path / "collect/rollouts/iter-00000.pt", weights_only=False)
+    # An untrained base's completions rarely differ in gold, so the collected advantages may all be 0
+    # (nothing to update); seeded random advantages give every row a signal.
+    adv = blob["targets"]["advantages"]
+    blob["targets"]["advantages"] = torch.randn(adv.shape, generator=torch.Generator().manual_seed(0))
+    rollout = tmp_path / "rollout.pt"
+    torch.save(blob, rollout)
+    script = str(Path(__file__).parent / "rl_update.py")
+    _run([str(base / "base"), algo, str(rollout), str(tmp_path / "one"), "16"], 1, script)
+    _run([str(base / "base"), algo, str(rollout), str(tmp_path / "two"), "8"], 2, script)
+    one, two = load_file(str(tmp_path / "one/trained.safetensors")), load_file(str(tmp_path / "two/trained.safetensors"))
+    start = load_file(str(base / "base/model.safetensors"))
+    # Adam's step is about lr (1e-3) per element whatever the gradient's size, so where a gradient
+    # is ~0 a float-rounding difference (the two shards pad to other widths) moves it by up to ~lr;
+    # 2% of lr separates that from a real difference (an unsynchronised gradient moves whole tensors by ~lr).
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=2e-5, rtol=0, msg=name)
+    moved = [(one[f"policy.{k}" if algo == "ppo" else k] - start[k]).abs().max() for k in start]
+    assert max(moved) > 5e-4  # it trained (Adam's first step moves by ~lr = 1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
+def test_two_process_rl_run_finishes_and_rank_0_alone_writes(base, tmp_path):
+    res = _run([*_rl_args(base, "rloo", tmp_path / "rl"), "--iterations", "2", "--train.batch-size", "4"], 2)
+    assert res.stdout.count("rloo: 2 iterations") == 1  # one process talks
+    rows = [json.loads(line) for line in (tmp_path / "rl/iterations.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1, 2]  # two trained on, the final one measured
+    assert sorted(p.name for p in (tmp_path / "rl/rollouts").iterdir()) == ["iter-00000.pt", "iter-00001.pt", "iter-00002.pt"]
+    assert len(torch.load(tmp_path / "rl/rollouts/iter-00000.pt", weights_only=False)["targets"]["scores"]) == 16  # both shares
+    assert json.loads((tmp_path / "rl/summary.json").read_text())["iterations"] == 2
+    assert (tmp_path / "rl/model.safetensors").exists() and not list((tmp_path / "rl").glob("**/*.tmp"))

@@ -18,11 +18,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from . import distributed
 from .commands import COMMANDS, LABEL_COMMANDS, resolve
 from .config import override
 
@@ -154,6 +156,8 @@ def flag_table() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     name, cfg, target = parse(argv)
+    if not distributed.is_main():  # under torchrun one process talks; the others' errors still reach stderr
+        sys.stdout = open(os.devnull, "w")
     try:
         resolve(target)(cfg)
     except (FileNotFoundError, FileExistsError, ValueError) as e:

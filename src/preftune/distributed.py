@@ -37,6 +37,15 @@ def sum_all(value: float) -> float:
     return float(t.item())
 
 
+def gather(items: list) -> list:
+    """Every process's ``items`` concatenated in rank order, on every process (picklable objects)."""
+    if world_size() == 1:
+        return list(items)
+    parts: list = [None] * world_size()
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
+
+
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()

@@ -23,8 +23,8 @@ from .common import prompts_from, record_config, set_threads
 def rl(cfg: RLConfig) -> Path:
     """RL from pi_SFT against ``cfg.reward``; a loop epoch is one rollout iteration."""
     set_threads()
-    if distributed.world_size() > 1:
-        raise ValueError("preftune rl runs in one process for now (sharded rollouts under torchrun are not built yet)")
+    if cfg.prompts_per_iter < distributed.world_size():
+        raise ValueError(f"--prompts-per-iter {cfg.prompts_per_iter} is fewer than the {distributed.world_size()} processes sharing them")
     if cfg.ptx_coef > 0 and not cfg.ptx_data:
         raise ValueError("--ptx-coef needs --ptx-data")
     out = Path(cfg.train.out)
@@ -53,8 +53,9 @@ def rl(cfg: RLConfig) -> Path:
         replace(cfg.train, epochs=cfg.iterations, max_steps=0, save_every=save_every),
     )
     method.final_rollout()
-    save_model(policy, tokenizer, out)
-    _summarise(method.iterations, time.perf_counter() - t0, out)
+    if distributed.is_main():
+        save_model(policy, tokenizer, out)
+        _summarise(method.iterations, time.perf_counter() - t0, out)
     return out
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .. import losses
+from .. import distributed, losses
 from ..config import RLConfig
 from ..data import Batch, Encoded, collate, write_jsonl
 from ..logprobs import completion_logps
@@ -98,13 +98,15 @@ class RLHF:
         self._current: tuple[int, Rollout, list] | None = None  # (iteration, targets, micro-batches)
         self._carry: tuple[int, dict] | None = None  # (iteration, β and baseline after it)
         self._trained_since: float | None = None
+        self.start = start
         self._forget_from(start)
 
     def _forget_from(self, start: int) -> None:
-        self.rollout_dir.mkdir(parents=True, exist_ok=True)
-        for f in self.rollout_dir.glob("iter-*.pt"):
-            if int(f.stem.split("-")[1]) >= start:
-                f.unlink()
+        if distributed.is_main():
+            self.rollout_dir.mkdir(parents=True, exist_ok=True)
+            for f in self.rollout_dir.glob("iter-*.pt"):
+                if int(f.stem.split("-")[1]) >= start:
+                    f.unlink()
         rows_file = self.out / "iterations.jsonl"
         if start > 0 and rows_file.exists():
             rows = (json.loads(line) for line in rows_file.read_text().splitlines())
@@ -138,24 +140,40 @@ class RLHF:
             return self._carry[1]
         return torch.load(self._file(iteration - 1), weights_only=False)["carry"]
 
+    def _local_rollout(self, iteration: int) -> list[tuple[Sample, float, list[float]]]:
+        """Stages 1-3 for this process's share of the iteration's prompts (all of them in one process;
+        under torchrun a contiguous slice, so a prompt's k samples stay together): each sample with its
+        score and the reference's log-probs of its tokens."""
+        prompts = self._prompts_for(iteration)
+        mine = distributed.shard(prompts)
+        gen = replace(self.cfg.gen, seed=self.cfg.gen.seed * 100003 + iteration + 7919 * distributed.rank())
+        samples = sample(self.policy, self.tokenizer, mine, gen, n=self.cfg.k, max_prompt_length=self.cfg.tokens.max_prompt_length)
+        batch = collate([s.encoded() for s in samples], self.tokenizer.pad_token_id)
+        scores = self.scorer(samples, batch).float().tolist()
+        ref = completion_logps(self.reference, batch, self.temperature)
+        return [(s, score, ref.token_logps[i, ref.mask[i]].tolist()) for i, (s, score) in enumerate(zip(samples, scores))]
+
     @torch.no_grad()
     def collect(self, iteration: int) -> dict:
-        """Generate, score, compare with the reference and estimate targets; saved before use."""
+        """Generate, score, compare with the reference and estimate targets; saved before use.
+
+        Under torchrun every process samples, scores and compares its share of the prompts, then all
+        processes gather every share in prompt order and compute the same targets and statistics
+        (whitening, baselines, adaptive β) over the whole rollout, as one process would.
+        """
         cfg, carry = self.cfg, self._carry_before(iteration)
         t0 = time.perf_counter()
-        gen = replace(cfg.gen, seed=cfg.gen.seed * 100003 + iteration)
-        samples = sample(
-            self.policy, self.tokenizer, self._prompts_for(iteration), gen, n=cfg.k, max_prompt_length=cfg.tokens.max_prompt_length
-        )
+        rows = distributed.gather(self._local_rollout(iteration))
         t1 = time.perf_counter()
+        samples = [r[0] for r in rows]
         batch = collate([s.encoded() for s in samples], self.tokenizer.pad_token_id)
         mask = batch.completion_mask[:, 1:]
-        old_logps = torch.zeros(mask.shape)
-        for i, s in enumerate(samples):  # the sampling log-probs, placed where the training forward puts them
+        old_logps, ref_logps = torch.zeros(mask.shape), torch.zeros(mask.shape)
+        for i, (s, _, ref) in enumerate(rows):  # placed where the training forward puts each token's log-prob
             old_logps[i, mask[i]] = torch.tensor(s.token_logps)
+            ref_logps[i, mask[i]] = torch.tensor(ref)
         ended = torch.tensor([s.ended for s in samples])
-        scores = self.scorer(samples, batch).float() - cfg.eos_penalty * (~ended).float()
-        ref_logps = completion_logps(self.reference, batch, self.temperature).token_logps
+        scores = torch.tensor([r[1] for r in rows]) - cfg.eos_penalty * (~ended).float()
         k1, k3 = losses.kl_k1(old_logps, ref_logps) * mask, losses.kl_k3(old_logps, ref_logps) * mask
         kl = k1 if cfg.kl_estimator == "k1" else k3
         trained_scores = losses.whiten(scores) if cfg.whiten_rewards else scores
@@ -183,16 +201,17 @@ class RLHF:
             "length": float(mask.sum(-1).float().mean()),
             "eos_rate": float(ended.float().mean()),
             **stats,
-            "sample_s": round(t1 - t0, 3),
-            "score_s": round(time.perf_counter() - t1, 3),
+            "sample_s": round(t1 - t0, 3),  # sampling, scoring and the reference pass (this process's share)
+            "score_s": round(time.perf_counter() - t1, 3),  # gathering and targets
         }
         gold = gold_or_none(samples)
         if gold is not None:
             stats["gold"] = statistics.fmean(gold)
         blob = {"targets": targets.to_dict(), "stats": stats, "carry": next_carry}
-        tmp = self._file(iteration).with_suffix(".tmp")
-        torch.save(blob, tmp)
-        tmp.replace(self._file(iteration))
+        if distributed.is_main():
+            tmp = self._file(iteration).with_suffix(".tmp")
+            torch.save(blob, tmp)
+            tmp.replace(self._file(iteration))
         return blob
 
     def _rollout(self, iteration: int) -> Rollout:
@@ -200,11 +219,12 @@ class RLHF:
         now = time.perf_counter()
         if self._trained_since is not None and iteration - 1 in self._rows:
             self._rows[iteration - 1]["train_s"] = round(now - self._trained_since, 3)
-        path = self._file(iteration)
-        blob = torch.load(path, weights_only=False) if path.exists() else self.collect(iteration)
+        # Collected before a resume: from its file; otherwise now, by every process together.
+        blob = torch.load(self._file(iteration), weights_only=False) if iteration < self.start else self.collect(iteration)
         self._rows[iteration] = dict(blob["stats"])
         self._carry = (iteration, blob["carry"])
-        write_jsonl(self.out / "iterations.jsonl", self.iterations)
+        if distributed.is_main():
+            write_jsonl(self.out / "iterations.jsonl", self.iterations)
         self._trained_since = time.perf_counter()
         return Rollout(**blob["targets"])
 
@@ -217,24 +237,25 @@ class RLHF:
 
     def n_batches(self) -> int:
         rows = self.cfg.prompts_per_iter * self.algorithm.rows_per_prompt(self.cfg.k)
-        return self.algorithm.update_epochs * -(-rows // self.cfg.train.batch_size)
+        return self.algorithm.update_epochs * -(-rows // (self.cfg.train.batch_size * distributed.world_size()))
 
-    def batches(self, epoch: int) -> list[tuple[int, torch.Tensor]]:
+    def batches(self, epoch: int) -> list[list[int]]:
+        """Micro-batches of row indices into the epoch's rollout (``batch_size`` per process, so
+        ``batch_size × processes`` rows each; the loop hands each process its slice)."""
         if self._current is not None and self._current[0] == epoch:
             return self._current[2]
         targets = self._rollout(epoch)
-        n, size, micro = len(targets), self.cfg.train.batch_size, []
+        n, size, micro = len(targets), self.cfg.train.batch_size * distributed.world_size(), []
         for e in range(self.algorithm.update_epochs):
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.train.seed * 7919 + epoch * 31 + e))
-            micro += [(epoch, order[i : i + size]) for i in range(0, n, size)]
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.train.seed * 7919 + epoch * 31 + e)).tolist()
+            micro += [order[i : i + size] for i in range(0, n, size)]
         self._current = (epoch, targets, micro)
         return micro
 
-    def loss(self, model, item: tuple[int, torch.Tensor]) -> StepLoss:
-        epoch, idx = item
-        if self._current is None or self._current[0] != epoch:
-            self.batches(epoch)
-        rows = self._current[1].rows(idx)
+    def loss(self, model, idx: list[int]) -> StepLoss:
+        assert self._current is not None, "the loop asks for an epoch's batches before their losses"
+        epoch = self._current[0]
+        rows = self._current[1].rows(torch.tensor(idx))
         lp = completion_logps(model, Batch(rows.input_ids, rows.attention_mask, rows.completion_mask), self.temperature, keep_logits=True)
         total, count, metrics = self.algorithm.loss(lp, rows)
         with torch.no_grad():
