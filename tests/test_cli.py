@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from preftune.cli import flag_table, main, parse
 from preftune.commands import COMMANDS, LABEL_COMMANDS
@@ -100,6 +101,9 @@ def test_bad_input_is_a_clear_error_not_a_traceback(trained, tmp_path, capsys):
     assert f"{bad}:2: missing field 'completion'" in capsys.readouterr().err
     assert main(["eval", "--model", str(tmp_path / "nowhere"), "--prompts", str(bad)]) == 2
     assert "no model here" in capsys.readouterr().err
+    if not torch.cuda.is_available():  # a device that is not there is named, not a traceback
+        assert main(["sample", "--model", str(trained / "sft"), "--prompts", str(bad), "--device", "cuda"]) == 2
+        assert "--device cuda: no CUDA device is visible" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -3,8 +3,10 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -105,8 +107,9 @@ def _rl_args(base: Path, algo: str, out: Path) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
 @pytest.mark.parametrize("command", ["sft", "reward", "dpo"])
-def test_two_processes_of_batch_8_equal_one_process_of_batch_16(base, tmp_path, command):
+def test_two_processes_of_batch_8_equal_one_process_of_batch_16(base, tmp_path, command, engine):
     data = {"sft": base / "w/sft.jsonl", "reward": base / "pairs.jsonl", "dpo": base / "pairs.jsonl"}[command]
     args = [
         command,
@@ -123,7 +126,7 @@ def test_two_processes_of_batch_8_equal_one_process_of_batch_16(base, tmp_path, 
     args += ["--tokens.max-length", "48"] + (["--no-world-eval", "--eval-data", str(data)] if command == "reward" else [])
     args += ["--eval-data", str(data)] if command == "dpo" else []
     _run([*args, "--train.batch-size", "16", "--train.out", str(tmp_path / "one")], 1)
-    _run([*args, "--train.batch-size", "8", "--train.out", str(tmp_path / "two")], 2)
+    _run([*args, "--train.batch-size", "8", "--train.out", str(tmp_path / "two"), *(["--train.fsdp"] if engine == "fsdp" else [])], 2)
     one, two = load_file(str(tmp_path / "one/model.safetensors")), load_file(str(tmp_path / "two/model.safetensors"))
     start = load_file(str(base / "base/model.safetensors")) if command != "reward" else None
     for name in one:
@@ -175,3 +178,38 @@ def test_two_process_rl_run_finishes_and_rank_0_alone_writes(base, tmp_path):
     assert len(torch.load(tmp_path / "rl/rollouts/iter-00000.pt", weights_only=False)["targets"]["scores"]) == 16  # both shares
     assert json.loads((tmp_path / "rl/summary.json").read_text())["iterations"] == 2
     assert (tmp_path / "rl/model.safetensors").exists() and not list((tmp_path / "rl").glob("**/*.tmp"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_two_process_run_killed_and_resumed_ends_as_the_uninterrupted_run(base, tmp_path, engine):
+    args = ["sft", "--model", str(base / "base"), "--data", str(base / "w/sft.jsonl"), "--tokens.max-length", "48"]
+    args += ["--train.max-steps", "40", "--train.save-every", "2", "--train.batch-size", "4", "--train.no-progress", "--train.log-every", "1"]
+    args += ["--train.fsdp"] if engine == "fsdp" else []
+    _run([*args, "--train.out", str(tmp_path / "whole")], 2)
+
+    cut = tmp_path / "cut"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFTUNE_THREADS": "1"}
+    cmd = [TORCHRUN, "--nproc-per-node", "2", "-m", "preftune", *args, "--train.out", str(cut)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (cut / "checkpoints/step-0000010").exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers, mid-run
+    proc.wait()
+    assert not (cut / "model.safetensors").exists()
+    killed_at = json.loads((cut / "checkpoints").glob("step-*").__next__().joinpath("state.json").read_text())["step"]
+    _run([*args, "--train.out", str(cut), "--train.resume"], 2)
+
+    whole, resumed = load_file(str(tmp_path / "whole/model.safetensors")), load_file(str(cut / "model.safetensors"))
+    assert whole.keys() == resumed.keys()
+    for name in whole:
+        assert torch.equal(whole[name], resumed[name]), name
+
+    def losses(run):
+        return [(r["step"], r["loss/train"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+    assert losses(cut) == losses(tmp_path / "whole") and len(losses(cut)) == 40 and killed_at < 40

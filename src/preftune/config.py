@@ -28,6 +28,11 @@ def doc(default: Any, help: str, **kw) -> Any:
     return field(default=default, metadata={"help": help, **kw})
 
 
+def device_field() -> Any:
+    """``--device``, on every command that runs a model."""
+    return doc("auto", "where models run: auto (cuda, else mps, else cpu), cpu, cuda or mps", choices=("auto", "cpu", "cuda", "mps"))
+
+
 # ------------------------------------------------------------------------------ shared groups
 
 
@@ -54,6 +59,7 @@ class TrainConfig:
         "fp32", "bf16: autocast the forward to bfloat16 over fp32 weights (log-probs and losses stay fp32)", choices=("fp32", "bf16")
     )
     gradient_checkpointing: bool = doc(False, "recompute activations in the backward pass (non-reentrant): less memory, more time")
+    fsdp: bool = doc(False, "under torchrun: FSDP2 (fully_shard per transformer block) instead of DDP; weights, gradients and AdamW states sharded")
     dropout: bool = doc(True, "keep the model's dropout while training (off for DPO, reward and RL: their reference log-probs have none)")
     resume: bool = doc(False, "continue from the last complete checkpoint in out/checkpoints")
     progress: bool = doc(True, "show a progress bar")
@@ -99,6 +105,7 @@ class PretrainConfig:
     vocab_size: int = doc(1024, "vocabulary size when training a tokenizer")
     size: str = doc("tiny", "model size preset", choices=("micro", "tiny", "tiny-deep", "small"))
     arch: str = doc("llama", "model shape", choices=("llama", "gpt2"))
+    device: str = device_field()
     tokens: TokenConfig = TokenConfig()
     train: TrainConfig = TrainConfig(out="runs/base", epochs=1.0, lr=3e-3, batch_size=64)
 
@@ -111,6 +118,7 @@ class SFTConfig:
     lora: bool = doc(False, "train LoRA adapters (peft) instead of all weights")
     lora_r: int = doc(8, "LoRA rank")
     lora_alpha: int = doc(16, "LoRA scaling numerator")
+    device: str = device_field()
     tokens: TokenConfig = TokenConfig()
     train: TrainConfig = TrainConfig(out="runs/sft", epochs=2.0, lr=1e-3)
 
@@ -125,6 +133,7 @@ class GenerateConfig:
     out: str = doc("", "write {'prompt','completion','ended'} JSONL here (default: print)")
     n: int = doc(1, "completions per prompt")
     limit: int = doc(0, "use only the first N prompts (0 = all)")
+    device: str = device_field()
     gen: SamplingConfig = SamplingConfig()
 
 
@@ -136,6 +145,7 @@ class EvalConfig:
     limit: int = doc(0, "use only the first N prompts (0 = all)")
     demonstrator: bool = doc(True, "also score the noisy demonstrator on the same prompts")
     json: bool = doc(False, "print one JSON object instead of the table")
+    device: str = device_field()
     gen: SamplingConfig = SamplingConfig()
 
 
@@ -149,6 +159,7 @@ class SampleConfig:
     out: str = doc("samples.jsonl", "write {'prompt','completions','ended'} rows here")
     k: int = doc(4, "completions per prompt (a pair or a K-way set)")
     limit: int = doc(0, "use only the first N prompts (0 = all)")
+    device: str = device_field()
     gen: SamplingConfig = SamplingConfig()
 
 
@@ -178,6 +189,7 @@ class RewardConfig:
     world_eval: bool = doc(True, "after training, evaluate against the lists world (needs --tau and the policy)")
     tau: float = doc(0.1, "the simulated annotators' temperature, for the Bayes-optimal accuracy")
     eval_prompts: str = doc("", "prompts for the Spearman check on fresh policy samples (default: the held-out prompts)")
+    device: str = device_field()
     tokens: TokenConfig = TokenConfig(max_length=96, max_prompt_length=64)
     # lr 3e-4 beat 1e-3 and 1e-4 on the lists world (README: "Reward model"); early stopping keeps the best.
     train: TrainConfig = TrainConfig(out="runs/rm", epochs=3.0, lr=3e-4, batch_size=8, eval_every=100, patience=5, dropout=False)
@@ -188,6 +200,7 @@ class ScoreConfig:
     reward: str = doc("", "reward model directory (from `preftune reward`)", required=True)
     data: str = doc("", "rows {'prompt','completion'} to score", required=True)
     out: str = doc("", "write rows with a 'score' field here (default: print)")
+    device: str = device_field()
 
 
 # ---------------------------------------------------------------------- policy optimisation
@@ -208,6 +221,7 @@ class DPOConfig:
     lora: bool = doc(False, "train LoRA adapters; the reference is then the base with adapters off")
     lora_r: int = doc(8, "LoRA rank")
     lora_alpha: int = doc(16, "LoRA scaling numerator")
+    device: str = device_field()
     tokens: TokenConfig = TokenConfig(max_length=96, max_prompt_length=64)
     train: TrainConfig = TrainConfig(out="runs/dpo", epochs=3.0, lr=3e-4, batch_size=16, eval_every=50, dropout=False)
 
@@ -242,6 +256,7 @@ class RLConfig:
     ptx_coef: float = doc(0.0, "ppo-ptx: weight of the pretraining NLL")
     # lr 1e-4: at 3e-4 REINFORCE's KL ran away (14.6 nats, gold below pi_SFT) in the demo; at 1e-4
     # every algorithm lifted gold on the demo's reward model (README, "RLHF").
+    device: str = device_field()
     train: TrainConfig = TrainConfig(
         out="runs/rl", lr=1e-4, batch_size=64, warmup=0.0, schedule="constant", save_every=20, log_every=1, dropout=False
     )
@@ -258,6 +273,7 @@ class BestOfNConfig:
     limit: int = doc(0, "use only the first N prompts (0 = all)")
     out: str = doc("", "write the chosen {'prompt','completion','ended','score'} rows here")
     json: bool = doc(False, "print one JSON object instead of the summary")
+    device: str = device_field()
     gen: SamplingConfig = SamplingConfig()
 
 

@@ -282,6 +282,9 @@ class Batch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device))
+
 
 def collate(examples: Sequence[Encoded], pad_id: int, padding_side: str = "right") -> Batch:
     """Pad to the longest example, on the right (training) or the left (generation)."""

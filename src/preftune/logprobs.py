@@ -19,6 +19,11 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s weights are, so inputs can follow them."""
+    return next(model.parameters()).device
+
+
 def forward_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Logits ``(B, T, V)`` of a causal LM for a batch padded on either side."""
     out = model(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=position_ids(attention_mask), use_cache=False)
@@ -59,7 +64,8 @@ def token_logps_from_logits(logits: torch.Tensor, batch: Batch, temperature: flo
 
 
 def completion_logps(model, batch: Batch, temperature: float = 1.0, keep_logits: bool = False) -> LogProbs:
-    """Per-token and per-sequence log-probs of ``batch``'s completion tokens under ``model``."""
+    """Per-token and per-sequence log-probs of ``batch``'s completion tokens under ``model`` (on its device)."""
+    batch = batch.to(model_device(model))
     logits = forward_logits(model, batch.input_ids, batch.attention_mask)
     token_logps, mask = token_logps_from_logits(logits, batch, temperature)
     return LogProbs(token_logps.sum(-1), token_logps, mask, logits[:, :-1] if keep_logits else None)

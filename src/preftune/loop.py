@@ -11,6 +11,7 @@ same parameters as a run that was never interrupted.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -100,9 +101,10 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
             m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def autocast(cfg: TrainConfig):
-    """The forward's precision: bf16 autocast over fp32 weights, or nothing."""
-    return torch.autocast("cpu", dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
+def autocast(cfg: TrainConfig, device: torch.device | None = None):
+    """The forward's precision: bf16 autocast over fp32 weights (on ``device``'s type), or nothing."""
+    kind = (device or distributed.device()).type
+    return torch.autocast(kind, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
 
 
 def steps_per_epoch(method: Method, cfg: TrainConfig) -> int:
@@ -128,21 +130,54 @@ CKPT_DIR = "checkpoints"
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """Whole trainable parameters by name; under FSDP gathered from every process (all must call)."""
+    return {n: distributed.full_tensor(p.detach()).contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def _full_state_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def save_checkpoint(out: Path, model, optimizer, state: dict, best: dict | None = None, keep: int = 2) -> Path:
-    """Write ``out/checkpoints/step-N`` atomically: everything goes to a temp dir, then one rename."""
+    """Write ``out/checkpoints/step-N`` atomically: everything goes to a temp dir, then one rename.
+
+    Every process calls it; rank 0 writes. Weights and AdamW states are whole (gathered under FSDP),
+    so a checkpoint resumes at any number of processes; each process's RNG state is kept.
+    """
+    weights = _trainable_state(model)
+    if _is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        optimizer_state = get_optimizer_state_dict(model, optimizer, options=_full_state_options())
+    else:
+        optimizer_state = optimizer.state_dict()
+    rngs = distributed.gather([torch.get_rng_state()])
     root = out / CKPT_DIR
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state['step']:07d}"
+    if distributed.is_main():
+        _write_checkpoint(root, final, weights, best, optimizer_state, rngs, state, keep)
+    distributed.barrier()  # nobody runs ahead of a checkpoint it might resume from
+    return final
+
+
+def _write_checkpoint(root: Path, final: Path, weights, best, optimizer_state, rngs, state: dict, keep: int) -> None:
+    root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(_trainable_state(model), str(tmp / "model.safetensors"))
+    save_file(weights, str(tmp / "model.safetensors"))
     if best is not None:
         save_file(best, str(tmp / "best.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "py_rng": random.getstate()}, tmp / "optimizer.pt")
+    blob = {"optimizer": optimizer_state, "torch_rng": rngs[0], "torch_rng_ranks": rngs, "py_rng": random.getstate()}
+    torch.save(blob, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(state))
     for f in tmp.iterdir():  # make the files durable before the rename publishes them
         with f.open("rb") as fh:
@@ -171,16 +206,21 @@ def _load_params(model, values: dict[str, torch.Tensor], where: Path) -> None:
     for name, value in values.items():
         if name not in params:
             raise ValueError(f"{where}: checkpoint holds {name!r}, which this model does not have")
-        with torch.no_grad():
-            params[name].copy_(value)
+        distributed.assign(params[name], value)
 
 
 def load_checkpoint(path: Path, model, optimizer) -> tuple[dict, dict | None]:
-    """Restore model, optimiser and RNG; returns the loop state and the best weights (if kept)."""
+    """Restore model, optimiser and RNG (every process); returns the loop state and the best weights (if kept)."""
     _load_params(model, load_file(str(path / "model.safetensors")), path)
     blob = torch.load(path / "optimizer.pt", weights_only=False)
-    optimizer.load_state_dict(blob["optimizer"])
-    torch.set_rng_state(blob["torch_rng"])
+    if _is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, blob["optimizer"], options=_full_state_options())
+    else:
+        optimizer.load_state_dict(blob["optimizer"])
+    rngs = blob.get("torch_rng_ranks", [])
+    torch.set_rng_state(rngs[distributed.rank()] if len(rngs) == distributed.world_size() else blob["torch_rng"])
     random.setstate(blob["py_rng"])
     best = load_file(str(path / "best.safetensors")) if (path / "best.safetensors").exists() else None
     return json.loads((path / "state.json").read_text()), best
@@ -218,7 +258,16 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
         disable_dropout(model)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    optimizer = make_optimizer(model, cfg)
+    main, world = distributed.is_main(), distributed.world_size()
+    # Under torchrun: DDP (each process holds everything, gradients are averaged) or FSDP2, which
+    # trains a sharded copy while the caller's model gives up its storage and gets the result back.
+    fsdp = cfg.fsdp and world > 1
+    device = next(model.parameters()).device
+    module = distributed.fully_shard(copy.deepcopy(model)) if fsdp else model
+    if fsdp:
+        for p in model.parameters():
+            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+    optimizer = make_optimizer(module, cfg)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     per_epoch = steps_per_epoch(method, cfg)
     total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * per_epoch))
@@ -229,15 +278,14 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
     best: dict[str, torch.Tensor] | None = None  # weights at the best held-out metric
     ckpt = latest_checkpoint(out)
     if cfg.resume and ckpt is not None:
-        state, best = load_checkpoint(ckpt, model, optimizer)
+        state, best = load_checkpoint(ckpt, module, optimizer)
         print(f"resuming from {ckpt} (step {state['step']} of {total})")
     elif ckpt is not None:
         raise FileExistsError(f"{out} holds checkpoints of an earlier run; pass --resume to continue it or choose another --out")
-    main, world = distributed.is_main(), distributed.world_size()
     log = MetricsLog(out / "metrics.jsonl", state["step"] if cfg.resume else None) if main else None
-    # Under torchrun each process runs its shard of every micro-batch through DDP, which averages
-    # the gradients over processes; the normalisation below turns that into the global sum / count.
-    trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    # Each process runs its shard of every micro-batch; DDP and FSDP average the gradients over
+    # processes, and the normalisation below turns that into the global sum / count.
+    trained = torch.nn.parallel.DistributedDataParallel(module) if world > 1 and not fsdp else module
 
     bar = None
     if cfg.progress and main:
@@ -249,7 +297,7 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
         )
     start = time.perf_counter()
     last: dict[str, float] = {}
-    model.train()
+    module.train()
     while state["step"] < total and not state.get("stopped_early"):
         micro = method.batches(state["epoch"])
         if len(micro) != method.n_batches():
@@ -265,7 +313,7 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
                     raise ValueError(
                         f"a micro-batch of {len(batch)} cannot be split over {world} processes: use more data or a larger batch"
                     )
-                with autocast(cfg):
+                with autocast(cfg, device):
                     res = method.loss(trained, part)
                 res.loss.backward()  # summed; normalised below over the whole accumulated batch
                 loss_sum += res.loss.item()
@@ -275,7 +323,9 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
             loss_sum, count = distributed.sum_all(loss_sum), distributed.sum_all(count)
             if count > 0:
                 torch._foreach_div_([p.grad for p in params if p.grad is not None], count / world)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+            grad_norm = distributed.full_tensor(
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+            )
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state["step"] += 1
@@ -287,13 +337,13 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
 
             row = {"loss/train": loss_sum / max(count, 1e-12), "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"], **sums}
             if cfg.eval_every and state["step"] % cfg.eval_every == 0 or done:
-                with autocast(cfg):
-                    row.update({f"eval/{k}": v for k, v in _evaluate(model, method).items()})
+                with autocast(cfg, device):
+                    row.update({f"eval/{k}": v for k, v in _evaluate(module, method).items()})
                 if cfg.patience and f"eval/{monitor}" in row:
                     value = row[f"eval/{monitor}"]
                     if state["best"] is None or (value > state["best"] if mode == "max" else value < state["best"]):
                         state["best"], state["bad_evals"] = value, 0
-                        best = {k: v.clone() for k, v in _trainable_state(model).items()}
+                        best = {k: v.clone() for k, v in _trainable_state(module).items()}
                     else:
                         state["bad_evals"] += 1
                         if state["bad_evals"] >= cfg.patience:
@@ -309,9 +359,7 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
                 if log is not None:
                     log.write(last)
             if cfg.save_every and state["step"] % cfg.save_every == 0 or done:
-                if main:
-                    save_checkpoint(out, model, optimizer, state, best)
-                distributed.barrier()  # nobody runs ahead of a checkpoint it might resume from
+                save_checkpoint(out, module, optimizer, state, best)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss/train']:.4f}", refresh=False)  # refreshing here would defeat mininterval
@@ -322,9 +370,13 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
     if bar is not None:
         bar.close()
     if cfg.patience and best is not None:
-        _load_params(model, best, out)
+        _load_params(module, best, out)
         last = {**last, f"best/eval/{monitor}": state["best"]}
         print(f"kept the weights with the best eval/{monitor} = {state['best']:.4f}")
+    if fsdp:  # the whole trained weights back into the caller's model, in every process
+        whole = {n: distributed.full_tensor(p.detach()) for n, p in module.named_parameters()}
+        for name, p in model.named_parameters():
+            p.data = whole[name]
     model.eval()
     return last
 
@@ -334,5 +386,6 @@ def _evaluate(model, method: Method) -> dict[str, float]:
     model.eval()
     with torch.no_grad():
         res = method.evaluate(model)
+    distributed.reshard(model)  # FSDP's root keeps its weights gathered after a forward without backward
     model.train(was_training)
     return res

@@ -139,7 +139,7 @@ def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, be
     """
     rewards = -beta * kl * mask
     last = mask.long().cumsum(-1).argmax(-1)  # (B,) index of each row's last completion token
-    rewards[torch.arange(rewards.shape[0]), last] += scores
+    rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += scores
     return rewards
 
 
@@ -153,13 +153,13 @@ def top_k_per_group(rewards: torch.Tensor, k: int, keep: int) -> torch.Tensor:
     """RAFT's selection: flat indices, ascending, of the ``keep`` highest rewards in each consecutive
     group of ``k`` (prompt-major order). rewards (P·k,) -> (P·min(keep, k),)."""
     grouped = rewards.view(-1, k)
-    top = grouped.topk(min(keep, k), dim=-1).indices + torch.arange(grouped.shape[0])[:, None] * k
+    top = grouped.topk(min(keep, k), dim=-1).indices + torch.arange(grouped.shape[0], device=rewards.device)[:, None] * k
     return top.flatten().sort().values
 
 
 def pick_best(scores: torch.Tensor, n: int) -> torch.Tensor:
     """Best-of-n: flat index of the highest score in each consecutive group of ``n`` (ties: the first)."""
-    return scores.view(-1, n).argmax(-1) + torch.arange(scores.numel() // n) * n
+    return scores.view(-1, n).argmax(-1) + torch.arange(scores.numel() // n, device=scores.device) * n
 
 
 def best_of_n_kl(n: int) -> float:
@@ -195,7 +195,7 @@ def group_advantages(rewards: torch.Tensor, scale_std: bool = True, eps: float =
 def whiten(x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
     """(x - mean) / std over the masked entries (or all of x); ``shift_mean=False`` only rescales."""
     values = x if mask is None else x[mask]
-    mean, std = values.mean(), values.std() if values.numel() > 1 else torch.tensor(1.0)
+    mean, std = values.mean(), values.std() if values.numel() > 1 else torch.tensor(1.0, device=x.device)
     out = (x - mean) / (std + eps) if shift_mean else x / (std + eps)
     return out if mask is None else out * mask
 

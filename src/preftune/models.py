@@ -26,6 +26,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from . import distributed
 from .logprobs import position_ids
 
 # Loading a local tiny model needs no progress bar, and a reward model's fresh head is expected.
@@ -106,7 +107,7 @@ def build_model(tokenizer: PreTrainedTokenizerBase, size: str = "tiny", arch: st
     else:
         raise ValueError(f"unknown architecture {arch!r}; choose 'llama' or 'gpt2'")
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config)
+    return AutoModelForCausalLM.from_config(config).to(distributed.device())
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
@@ -121,12 +122,12 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 
 
 def load_policy(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from a local directory."""
+    """Load a causal LM and its tokenizer from a local directory, onto this process's device."""
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path}: no model here (expected a save_pretrained directory with config.json)")
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
-    return model, load_tokenizer(path)
+    return model.to(distributed.device()), load_tokenizer(path)
 
 
 def add_lora(model: PreTrainedModel, r: int = 8, alpha: int = 16, dropout: float = 0.0) -> PreTrainedModel:
@@ -198,7 +199,7 @@ class RewardModel(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Scores (B,) for padded sequences (B, T) padded on either side."""
         hidden = self._hidden(input_ids, attention_mask)
-        last = hidden[torch.arange(hidden.shape[0]), last_token_index(attention_mask)]  # (B, H)
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask.to(hidden.device))]  # (B, H)
         return self.model.score(last).squeeze(-1).float() - self.offset
 
     def token_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -206,6 +207,8 @@ class RewardModel(torch.nn.Module):
         return self.model.score(self._hidden(input_ids, attention_mask)).squeeze(-1).float() - self.offset
 
     def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        device = self.model.score.weight.device
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         return self.model.base_model(
             input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=position_ids(attention_mask), use_cache=False
         ).last_hidden_state  # (B, T, H)
@@ -219,7 +222,7 @@ def build_reward_model(policy_dir: str | Path, seed: int = 0) -> tuple[RewardMod
     model.config.pad_token_id = tokenizer.pad_token_id
     with torch.no_grad():
         model.score.weight.normal_(0.0, 1.0 / (model.config.hidden_size + 1) ** 0.5)
-    return RewardModel(model), tokenizer
+    return RewardModel(model.to(distributed.device())), tokenizer
 
 
 def load_reward_model(path: str | Path) -> tuple[RewardModel, PreTrainedTokenizerBase]:
@@ -231,4 +234,4 @@ def load_reward_model(path: str | Path) -> tuple[RewardModel, PreTrainedTokenize
     model = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
     if model.config.num_labels != 1:
         raise ValueError(f"{path}: not a reward model (num_labels = {model.config.num_labels}, expected 1)")
-    return RewardModel(model).eval(), load_tokenizer(path)
+    return RewardModel(model.to(distributed.device())).eval(), load_tokenizer(path)

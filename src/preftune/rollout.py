@@ -18,7 +18,7 @@ import torch
 
 from .config import SamplingConfig
 from .data import Encoded, collate, encode
-from .logprobs import gather_token_logps, position_ids
+from .logprobs import gather_token_logps, model_device, position_ids
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,8 @@ def sample(
     """``n`` completions for each prompt (prompt-major order: all of prompt 0's, then prompt 1's, ...)."""
     was_training = model.training
     model.eval()
-    gen = torch.Generator().manual_seed(cfg.seed)
+    device = model_device(model)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
     eos = tokenizer.eos_token_id
     todo = [p for p in prompts for _ in range(n)]
     out: list[Sample] = []
@@ -74,7 +75,7 @@ def sample(
     for start in range(0, len(todo), cfg.batch_size):
         chunk = todo[start : start + cfg.batch_size]
         enc = [encode(tokenizer, p, "", max_prompt_length + 1, max_prompt_length, add_eos=False) for p in chunk]
-        batch = collate(enc, tokenizer.pad_token_id, padding_side="left")
+        batch = collate(enc, tokenizer.pad_token_id, padding_side="left").to(device)
         out.extend(_sample_batch(model, tokenizer, chunk, [e.input_ids for e in enc], batch.input_ids, batch.attention_mask, cfg, gen, eos))
         if bar is not None:
             bar.update(len(chunk))
@@ -98,7 +99,7 @@ def _sample_batch(model, tokenizer, prompts, prompt_ids, input_ids, attention_ma
     next_pos = pos[:, -1:] + 1  # (B, 1)
     mask = attention_mask.long()
     tokens, logps = [], []
-    done = torch.zeros(B, dtype=torch.bool)
+    done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     for _ in range(cfg.max_new_tokens):
         logits = logits.float()
         if cfg.temperature == 0:
@@ -115,7 +116,7 @@ def _sample_batch(model, tokenizer, prompts, prompt_ids, input_ids, attention_ma
         done = done | (tok == eos)
         if bool(done.all()):
             break
-        mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype)], dim=1)
+        mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=mask.device)], dim=1)
         res = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True, **{cache_kw: cache})
         cache, logits = getattr(res, cache_kw), res.logits[:, -1]
         next_pos = next_pos + 1
@@ -179,6 +180,9 @@ class Rollout:
             return v[idx, :width] if name in self._SEQUENCE_FIELDS else v[idx, : width - 1]
 
         return Rollout(**{f.name: pick(f.name, getattr(self, f.name)) for f in fields(self)})
+
+    def to(self, device: torch.device | str) -> Rollout:
+        return Rollout(**{f.name: v.to(device) if isinstance(v := getattr(self, f.name), torch.Tensor) else v for f in fields(self)})
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

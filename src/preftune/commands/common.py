@@ -15,9 +15,11 @@ from ..config import TrainConfig, save_config
 from ..data import Comparison, Encoded, Ranking, load_comparisons, load_prompts, write_jsonl
 
 
-def set_threads() -> None:
-    """Torch threads: ``PREFTUNE_THREADS``, else every core."""
+def set_threads(cfg: Any = None) -> None:
+    """Torch threads (``PREFTUNE_THREADS``, else every core) and, if ``cfg`` has one, its ``--device``."""
     torch.set_num_threads(int(os.environ.get("PREFTUNE_THREADS", os.cpu_count() or 1)))
+    if getattr(cfg, "device", None):
+        distributed.use_device(cfg.device)
 
 
 def record_config(cfg: Any, command: str) -> None:

@@ -53,7 +53,7 @@ def cached_reference(model, pairs: list[Pair], pad_id: int, cfg: DPOConfig, leng
 
 
 def dpo(cfg: DPOConfig) -> Path:
-    set_threads()
+    set_threads(cfg)
     out = Path(cfg.train.out)
     model, tokenizer = load_policy(cfg.model)
     record_config(cfg, "dpo")

@@ -14,7 +14,7 @@ from .common import emit_rows, prompts_from, set_threads
 
 
 def generate(cfg: GenerateConfig) -> list[dict]:
-    set_threads()
+    set_threads(cfg)
     model, tokenizer = load_policy(cfg.model)
     samples = sample(model, tokenizer, prompts_from(cfg.prompts, cfg.limit), cfg.gen, n=cfg.n, progress=True)
     rows = [{"prompt": s.prompt, "completion": s.completion, "ended": s.ended} for s in samples]
@@ -25,7 +25,7 @@ def generate(cfg: GenerateConfig) -> list[dict]:
 def evaluate(cfg: EvalConfig) -> dict:
     """Gold reward (95% CI), length, EOS rate, well-formedness and distinct-n of each policy; with
     ``--reference``, also KL to the reference and the win rate against it."""
-    set_threads()
+    set_threads(cfg)
     prompts = prompts_from(cfg.prompts, cfg.limit)
     results: dict[str, dict] = {}
     tokenizer = None

@@ -19,7 +19,7 @@ from .common import comparisons, emit_rows, global_batch_size, record_config, se
 
 def reward(cfg: RewardConfig) -> dict:
     """Train a reward model, centre it on reference samples, save it, and evaluate it."""
-    set_threads()
+    set_threads(cfg)
     out = Path(cfg.train.out)
     rm, tokenizer = build_reward_model(cfg.model, seed=cfg.train.seed)
     record_config(cfg, "reward")
@@ -61,7 +61,7 @@ def _completions(r: Comparison | Ranking) -> tuple[str, ...]:
 
 
 def score(cfg: ScoreConfig) -> list[float]:
-    set_threads()
+    set_threads(cfg)
     rm, tokenizer = load_reward_model(cfg.reward)
     rows = [row for _, row in read_rows(cfg.data)]
     scores = score_texts(rm, tokenizer, [(r.prompt, r.completion) for r in load_sft(cfg.data)]).tolist()

@@ -22,7 +22,9 @@ from .common import prompts_from, record_config, set_threads
 
 def rl(cfg: RLConfig) -> Path:
     """RL from pi_SFT against ``cfg.reward``; a loop epoch is one rollout iteration."""
-    set_threads()
+    set_threads(cfg)
+    if cfg.train.fsdp and distributed.world_size() > 1:
+        raise ValueError("--train.fsdp: rl runs under DDP only (FSDP would need every process to sample in lockstep)")
     if cfg.prompts_per_iter < distributed.world_size():
         raise ValueError(f"--prompts-per-iter {cfg.prompts_per_iter} is fewer than the {distributed.world_size()} processes sharing them")
     if cfg.ptx_coef > 0 and not cfg.ptx_data:
@@ -79,7 +81,7 @@ def _summarise(rows: list[dict], seconds: float, out: Path) -> None:
 
 def best_of_n(cfg: BestOfNConfig) -> dict:
     """Sample n per prompt, keep the best by reward; the KL to the sampler is log n - (n-1)/n."""
-    set_threads()
+    set_threads(cfg)
     if cfg.n < 1:
         raise ValueError("--n must be at least 1")
     model, tokenizer = load_policy(cfg.model)

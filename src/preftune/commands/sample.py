@@ -16,7 +16,7 @@ from .common import prompts_from, set_threads
 
 def sample_sets(cfg: SampleConfig) -> Path:
     """K completions per prompt, batched with a KV cache, as JSONL ready for labelling."""
-    set_threads()
+    set_threads(cfg)
     model, tokenizer = load_policy(cfg.model)
     prompts = prompts_from(cfg.prompts, cfg.limit)
     samples = sample(model, tokenizer, prompts, cfg.gen, n=cfg.k, progress=True)

@@ -15,7 +15,7 @@ from .common import global_batch_size, held_out_split, record_config, report_tru
 
 def pretrain(cfg: PretrainConfig) -> Path:
     """Train a tokenizer (unless given) and a tiny causal LM from scratch on a text corpus."""
-    set_threads()
+    set_threads(cfg)
     out = Path(cfg.train.out)
     texts = load_texts(cfg.data)
     tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else train_tokenizer(texts, cfg.vocab_size)
@@ -33,7 +33,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
 def sft(cfg: SFTConfig) -> Path:
     """Supervised fine-tuning on demonstrations; the loss is on completion tokens only."""
-    set_threads()
+    set_threads(cfg)
     out = Path(cfg.train.out)
     model, tokenizer = load_policy(cfg.model)
     if cfg.lora:

@@ -118,14 +118,14 @@ class DirectPreference:
     def _terms(self, model, pairs):
         _, c, r = _forward(model, pairs, self.data.pad_id, self.preference_loss.length_normalise)
         use_ref = self.preference_loss.reference  # a reference-free loss: Δ from the policy alone
-        ref_c = torch.tensor([p.ref_chosen if use_ref else 0.0 for p in pairs])
-        ref_r = torch.tensor([p.ref_rejected if use_ref else 0.0 for p in pairs])
+        ref_c = torch.tensor([p.ref_chosen if use_ref else 0.0 for p in pairs], device=c.device)
+        ref_r = torch.tensor([p.ref_rejected if use_ref else 0.0 for p in pairs], device=c.device)
         delta = losses.preference_delta(c, r, ref_c, ref_r)
         return c, r, ref_c, ref_r, delta
 
     def loss(self, model, pairs: list[Pair]) -> StepLoss:
         c, r, ref_c, ref_r, delta = self._terms(model, pairs)
-        loss = self.preference_loss.fn(delta, torch.tensor([p.strength for p in pairs])).sum()
+        loss = self.preference_loss.fn(delta, torch.tensor([p.strength for p in pairs], device=delta.device)).sum()
         reward_c, reward_r = self.beta * (c - ref_c).detach(), self.beta * (r - ref_r).detach()  # the implicit rewards
         metrics = {
             "rewards/chosen": reward_c.mean().item(),
@@ -140,7 +140,7 @@ class DirectPreference:
     def evaluate(self, model) -> dict[str, float]:
         def won_and_loss(pairs):
             *_, delta = self._terms(model, pairs)
-            return delta > 0, self.preference_loss.fn(delta, torch.tensor([p.strength for p in pairs]))
+            return delta > 0, self.preference_loss.fn(delta, torch.tensor([p.strength for p in pairs], device=delta.device))
 
         return self.data.evaluate(won_and_loss)
 

@@ -87,13 +87,13 @@ class RewardTraining:
                 w_idx.append(s + w)
                 l_idx.append(s + l)
                 weights.append(u.weight / len(u.pairs))  # a unit's pairs share one unit of weight
-        w_idx, l_idx = torch.tensor(w_idx), torch.tensor(l_idx)
-        return scores, starts, scores[w_idx], scores[l_idx], torch.tensor(weights)
+        w_idx, l_idx = torch.tensor(w_idx, device=scores.device), torch.tensor(l_idx, device=scores.device)
+        return scores, starts, scores[w_idx], scores[l_idx], torch.tensor(weights, device=scores.device)
 
     def loss(self, model, units: list[Unit]) -> StepLoss:
         scores, starts, chosen, rejected, weights = self._pair_terms(model, units)
         if self.ranking_loss == "plackett-luce":
-            total = sum(losses.plackett_luce(scores[s : s + len(u.encoded)], torch.tensor(u.ranking)) for u, s in zip(units, starts))
+            total = sum(losses.plackett_luce(scores[s : s + len(u.encoded)], torch.tensor(u.ranking, device=scores.device)) for u, s in zip(units, starts))
         else:
             total = losses.bradley_terry(chosen, rejected, self.margin, weights).sum()
         margin = chosen - rejected

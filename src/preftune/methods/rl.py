@@ -31,7 +31,7 @@ import torch
 from .. import distributed, losses
 from ..config import RLConfig
 from ..data import Batch, Encoded, collate, write_jsonl
-from ..logprobs import completion_logps
+from ..logprobs import completion_logps, model_device
 from ..loop import StepLoss
 from ..models import load_reward_model
 from ..rollout import Rollout, Sample, sample
@@ -184,7 +184,8 @@ class RLHF:
 
         mean_reward = float(rewards.mean())
         baseline = mean_reward if carry["baseline"] is None else carry["baseline"]
-        targets, stats = self.algorithm.targets(rollout, baseline)
+        targets, stats = self.algorithm.targets(rollout.to(model_device(self.policy)), baseline)
+        targets = targets.to("cpu")  # saved and kept on the CPU; micro-batches go to the device
         seq_kl = k1.sum(-1)
         beta = carry["beta"]
         if cfg.target_kl > 0:
@@ -255,7 +256,7 @@ class RLHF:
     def loss(self, model, idx: list[int]) -> StepLoss:
         assert self._current is not None, "the loop asks for an epoch's batches before their losses"
         epoch = self._current[0]
-        rows = self._current[1].rows(torch.tensor(idx))
+        rows = self._current[1].rows(torch.tensor(idx)).to(model_device(model))
         lp = completion_logps(model, Batch(rows.input_ids, rows.attention_mask, rows.completion_mask), self.temperature, keep_logits=True)
         total, count, metrics = self.algorithm.loss(lp, rows)
         with torch.no_grad():
