@@ -1,3 +1,4 @@
+import copy
 import os
 
 import pytest
@@ -14,6 +15,18 @@ os.environ.setdefault("PREFTUNE_THREADS", "2")
 def tokenizer():
     texts = [r["text"] for r in lists.corpus(400, seed=0)] + [r["prompt"] + r["completion"] for r in lists.sft_data(200, seed=0)]
     return train_tokenizer(texts, vocab_size=400)
+
+
+@pytest.fixture(scope="session")
+def bos_tokenizer(tokenizer):
+    """The tokenizer with a BOS that it puts before every text (as Llama's does) and its own chat template."""
+    from tokenizers.processors import TemplateProcessing
+
+    tok = copy.deepcopy(tokenizer)
+    tok.add_special_tokens({"bos_token": "<s>"})
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
+    tok.chat_template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    return tok
 
 
 @pytest.fixture()

@@ -39,13 +39,17 @@ def world(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch,pad", [*((a, True) for a in ARCHITECTURES), ("gpt2", False)])
-def test_every_trainer_runs_on_the_architecture_and_its_outputs_reload(world, tmp_path, tokenizer, arch, pad):
-    """``pad=False``: a tokenizer with no pad token, as GPT-2's (preftune pads with EOS; masks decide what counts)."""
+@pytest.mark.parametrize("arch,kind", [*((a, "pad") for a in ARCHITECTURES), ("gpt2", "no-pad"), ("llama", "bos-chat")])
+def test_every_trainer_runs_on_the_architecture_and_its_outputs_reload(world, tmp_path, tokenizer, bos_tokenizer, arch, kind):
+    """``no-pad``: a tokenizer with no pad token, as GPT-2's (preftune pads with EOS; masks decide what
+    counts); ``bos-chat``: one that puts a BOS before every text and has its own chat template."""
     name, sizes = ARCHITECTURES[arch]
-    if not pad:
+    pad = kind != "no-pad"
+    if kind == "no-pad":
         tokenizer = copy.deepcopy(tokenizer)
         tokenizer.pad_token = None
+    elif kind == "bos-chat":
+        tokenizer = bos_tokenizer
     ids = dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
     config = getattr(transformers, name)(vocab_size=len(tokenizer), **sizes, **ids)
     torch.manual_seed(0)
@@ -75,3 +79,9 @@ def test_every_trainer_runs_on_the_architecture_and_its_outputs_reload(world, tm
         assert type(AutoModelForCausalLM.from_pretrained(tmp_path / policy)).__name__.lower().startswith(arch.replace("_", ""))
     rm = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
     assert rm.config.num_labels == 1 and rm.config.preftune_reward_offset != 0.0
+    if kind == "bos-chat":  # the tokenizer travels with every model, template and BOS included
+        for out in ("sft", "dpo", "ppo", "rm"):
+            saved = AutoTokenizer.from_pretrained(tmp_path / out)
+            assert saved.chat_template == tokenizer.chat_template and saved("x")["input_ids"][0] == tokenizer.bos_token_id
+        rollout = torch.load(tmp_path / "ppo/rollouts/iter-00000.pt", weights_only=False)["targets"]
+        assert (rollout["input_ids"][:, 0] == tokenizer.bos_token_id).all()  # every sampled sequence starts with BOS

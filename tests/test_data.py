@@ -144,6 +144,17 @@ def test_truncation_policy_cuts_prompt_left_then_completion_right(tokenizer):
     assert enc.input_ids[-1] != tokenizer.eos_token_id
 
 
+def test_a_cut_prompt_keeps_the_bos_its_tokenizer_puts_first(bos_tokenizer):
+    tok, bos = bos_tokenizer, bos_tokenizer.bos_token_id
+    prompt, completion = "Human: " + "Name 2 fruits. " * 10 + "\n\nAssistant:", " apple."
+    p_ids = tok(prompt)["input_ids"]
+    assert p_ids[0] == bos and bos not in p_ids[1:]
+    enc = encode(tok, prompt, completion, max_length=64, max_prompt_length=8)
+    assert enc.truncated and enc.n_prompt == 8
+    assert list(enc.input_ids[:8]) == [bos] + p_ids[-7:]  # BOS, then the prompt's last 7 tokens
+    assert encode(tok, "Human: hi\n\nAssistant:", completion, max_length=64).input_ids[0] == bos
+
+
 def test_eos_carries_loss_when_pad_equals_eos(tokenizer):
     eos = tokenizer.eos_token_id
     a = encode(tokenizer, "Human: hi\n\nAssistant:", " apple.", 64)

@@ -258,8 +258,10 @@ def encode(tokenizer, prompt: str, completion: str, max_length: int, max_prompt_
     truncated = False
     if len(prompt_ids) + len(completion_ids) > max_length:
         truncated = True
-        if len(prompt_ids) > max_prompt:
-            prompt_ids = prompt_ids[len(prompt_ids) - max_prompt :]
+        if len(prompt_ids) > max_prompt:  # cut from the left, keeping what the tokenizer puts first (a BOS)
+            head = tokenizer("", add_special_tokens=True)["input_ids"] if prompt_ids else []
+            head = head if prompt_ids[: len(head)] == head and len(head) < max_prompt else []
+            prompt_ids = head + prompt_ids[len(prompt_ids) - max_prompt + len(head) :]
         completion_ids = completion_ids[: max_length - len(prompt_ids)]
     return Encoded(tuple(prompt_ids) + tuple(completion_ids), len(prompt_ids), truncated)
 
