@@ -185,7 +185,17 @@ def test_two_process_rl_run_finishes_and_rank_0_alone_writes(base, tmp_path):
 @pytest.mark.parametrize("engine", ["ddp", "fsdp"])
 def test_two_process_run_killed_and_resumed_ends_as_the_uninterrupted_run(base, tmp_path, engine):
     args = ["sft", "--model", str(base / "base"), "--data", str(base / "w/sft.jsonl"), "--tokens.max-length", "48"]
-    args += ["--train.max-steps", "40", "--train.save-every", "2", "--train.batch-size", "4", "--train.no-progress", "--train.log-every", "1"]
+    args += [
+        "--train.max-steps",
+        "40",
+        "--train.save-every",
+        "2",
+        "--train.batch-size",
+        "4",
+        "--train.no-progress",
+        "--train.log-every",
+        "1",
+    ]
     args += ["--train.fsdp"] if engine == "fsdp" else []
     _run([*args, "--train.out", str(tmp_path / "whole")], 2)
 
@@ -213,3 +223,32 @@ def test_two_process_run_killed_and_resumed_ends_as_the_uninterrupted_run(base, 
         return [(r["step"], r["loss/train"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
 
     assert losses(cut) == losses(tmp_path / "whole") and len(losses(cut)) == 40 and killed_at < 40
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
+def test_sample_generate_score_and_eval_share_the_work_and_match_one_process(base, tmp_path):
+    """Greedy decoding, so two processes must produce what one does; rank 0 writes, in input order."""
+    greedy = ["--gen.temperature", "0", "--gen.max-new-tokens", "8"]
+    sets = ["sample", "--model", str(base / "base"), "--prompts", str(base / "w/prompts.jsonl"), "--k", "2", *greedy]
+    completions = ["generate", "--model", str(base / "base"), "--prompts", str(base / "w/prompts.jsonl"), *greedy]
+    for n in (1, 2):
+        _run([*sets, "--out", str(tmp_path / f"sets{n}.jsonl")], n)
+        _run([*completions, "--out", str(tmp_path / f"gen{n}.jsonl")], n)
+    for name in ("sets", "gen"):
+        one, two = ((tmp_path / f"{name}{n}.jsonl").read_text() for n in (1, 2))
+        assert one == two and len(one.splitlines()) == 24
+
+    rm = ["reward", "--model", str(base / "base"), "--data", str(base / "pairs.jsonl"), "--no-world-eval", "--train.no-progress"]
+    _run([*rm, "--train.max-steps", "2", "--train.batch-size", "8", "--train.out", str(tmp_path / "rm")], 1)
+    for n in (1, 2):
+        _run(["score", "--reward", str(tmp_path / "rm"), "--data", str(tmp_path / "gen1.jsonl"), "--out", str(tmp_path / f"s{n}.jsonl")], n)
+    one, two = ([json.loads(line) for line in (tmp_path / f"s{n}.jsonl").read_text().splitlines()] for n in (1, 2))
+    assert [r["prompt"] for r in two] == [r["prompt"] for r in one] and len(one) == 24
+    torch.testing.assert_close(torch.tensor([r["score"] for r in two]), torch.tensor([r["score"] for r in one]), atol=1e-5, rtol=1e-5)
+
+    ev = ["eval", "--model", str(base / "base"), "--reference", str(base / "base"), "--prompts", str(base / "w/heldout.jsonl"), "--json"]
+    one, two = (json.loads(_run([*ev, *greedy], n).stdout) for n in (1, 2))
+    a, b = one["policies"][str(base / "base")], two["policies"][str(base / "base")]
+    assert a.pop("sample_s") >= 0 and b.pop("sample_s") >= 0
+    assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], abs=1e-5) for k in a)

@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"preftune {name}: error: {e}", file=sys.stderr)
         return 2
+    distributed.finish()
     return 0
 
 

@@ -59,7 +59,9 @@ class TrainConfig:
         "fp32", "bf16: autocast the forward to bfloat16 over fp32 weights (log-probs and losses stay fp32)", choices=("fp32", "bf16")
     )
     gradient_checkpointing: bool = doc(False, "recompute activations in the backward pass (non-reentrant): less memory, more time")
-    fsdp: bool = doc(False, "under torchrun: FSDP2 (fully_shard per transformer block) instead of DDP; weights, gradients and AdamW states sharded")
+    fsdp: bool = doc(
+        False, "under torchrun: FSDP2 (fully_shard per transformer block) instead of DDP; weights, gradients and AdamW states sharded"
+    )
     dropout: bool = doc(True, "keep the model's dropout while training (off for DPO, reward and RL: their reference log-probs have none)")
     resume: bool = doc(False, "continue from the last complete checkpoint in out/checkpoints")
     progress: bool = doc(True, "show a progress bar")

@@ -58,6 +58,13 @@ def setup() -> None:
         dist.init_process_group("nccl" if _DEVICE.type == "cuda" else "gloo")
 
 
+def finish() -> None:
+    """Leave the process group together (a process that exits while another still talks aborts it)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def sum_all(value: float) -> float:
     """``value`` summed over every process."""
     if world_size() == 1:

@@ -16,6 +16,7 @@ from dataclasses import replace
 
 import torch
 
+from . import distributed
 from .config import SamplingConfig, TokenConfig
 from .data import Comparison, Ranking, collate, load_prompts
 from .logprobs import completion_logps
@@ -108,12 +109,12 @@ def win_rate(samples: Sequence[Sample], reference: Sequence[Sample]) -> dict[str
 def kl_to_reference(samples: Sequence[Sample], reference, tokenizer, temperature: float = 1.0, batch_size: int = 64) -> dict[str, float]:
     """Sequence-level Monte Carlo KL(π || π_ref) = E_{y ~ π}[log π(y|x) - log π_ref(y|x)] over the
     policy's own samples (both at the sampling temperature); the mean and its 95% CI."""
-    diffs = []
-    for i in range(0, len(samples), batch_size):
-        chunk = samples[i : i + batch_size]
+    diffs, mine = [], distributed.shard(list(samples))  # under torchrun each process takes a share
+    for i in range(0, len(mine), batch_size):
+        chunk = mine[i : i + batch_size]
         ref_logps = completion_logps(reference, collate([s.encoded() for s in chunk], tokenizer.pad_token_id), temperature).logps
         diffs += [s.logp - float(r) for s, r in zip(chunk, ref_logps)]
-    mean, ci = mean_ci(diffs)
+    mean, ci = mean_ci(distributed.gather(diffs))
     return {"kl": mean, "kl_ci95": ci}
 
 

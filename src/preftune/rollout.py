@@ -12,10 +12,11 @@ from __future__ import annotations
 import inspect
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 
+from . import distributed
 from .config import SamplingConfig
 from .data import Encoded, collate, encode
 from .logprobs import gather_token_logps, model_device, position_ids
@@ -83,6 +84,17 @@ def sample(
         bar.close()
     model.train(was_training)
     return out
+
+
+def sample_shared(
+    model, tokenizer, prompts: Sequence[str], cfg: SamplingConfig = SamplingConfig(), n: int = 1, progress: bool = False
+) -> list[Sample]:
+    """:func:`sample` with the work shared by every process under torchrun: each samples a contiguous
+    share of the prompts (its seed offset by its rank; rank 0's is ``cfg.seed``), and every process
+    returns all samples in prompt order. In one process, exactly ``sample``."""
+    mine = distributed.shard(list(prompts))
+    seeded = replace(cfg, seed=cfg.seed + 7919 * distributed.rank())
+    return distributed.gather(sample(model, tokenizer, mine, seeded, n=n, progress=progress and distributed.is_main()))
 
 
 def _cache_kwarg(model) -> str:

@@ -1,4 +1,4 @@
-"""Helpers every command shares: threads, the held-out split, prompts with a limit, printing rows."""
+"""Helpers every command shares: threads, device and process group, the held-out split, prompts with a limit, printing rows."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ from ..config import TrainConfig, save_config
 from ..data import Comparison, Encoded, Ranking, load_comparisons, load_prompts, write_jsonl
 
 
-def set_threads(cfg: Any = None) -> None:
-    """Torch threads (``PREFTUNE_THREADS``, else every core) and, if ``cfg`` has one, its ``--device``."""
+def prepare(cfg: Any = None) -> None:
+    """Before a command runs: torch threads (``PREFTUNE_THREADS``, else every core), ``cfg``'s
+    ``--device`` if it has one, and under torchrun the process group."""
     torch.set_num_threads(int(os.environ.get("PREFTUNE_THREADS", os.cpu_count() or 1)))
     if getattr(cfg, "device", None):
         distributed.use_device(cfg.device)
+    distributed.setup()
 
 
 def record_config(cfg: Any, command: str) -> None:

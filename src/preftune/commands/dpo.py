@@ -14,7 +14,7 @@ from ..data import Comparison, Ranking, encode
 from ..loop import train
 from ..methods.dpo import DirectPreference, Pair, PairData, Unlikelihood, preference_loss, reference_logps
 from ..models import add_lora, load_policy, save_model
-from .common import comparisons, global_batch_size, record_config, set_threads
+from .common import comparisons, global_batch_size, prepare, record_config
 
 
 def to_pairs(records, tokenizer, tokens: TokenConfig) -> list[Pair]:
@@ -53,7 +53,7 @@ def cached_reference(model, pairs: list[Pair], pad_id: int, cfg: DPOConfig, leng
 
 
 def dpo(cfg: DPOConfig) -> Path:
-    set_threads(cfg)
+    prepare(cfg)
     out = Path(cfg.train.out)
     model, tokenizer = load_policy(cfg.model)
     record_config(cfg, "dpo")

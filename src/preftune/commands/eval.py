@@ -6,37 +6,39 @@ import json
 import time
 from dataclasses import replace
 
+from .. import distributed
 from ..config import EvalConfig, GenerateConfig
 from ..evaluate import demonstrator_samples, evaluate_demonstrator, evaluate_samples, format_table, kl_to_reference, win_rate
 from ..models import load_policy
-from ..rollout import sample
-from .common import emit_rows, prompts_from, set_threads
+from ..rollout import sample_shared
+from .common import emit_rows, prepare, prompts_from
 
 
 def generate(cfg: GenerateConfig) -> list[dict]:
-    set_threads(cfg)
+    prepare(cfg)
     model, tokenizer = load_policy(cfg.model)
-    samples = sample(model, tokenizer, prompts_from(cfg.prompts, cfg.limit), cfg.gen, n=cfg.n, progress=True)
+    samples = sample_shared(model, tokenizer, prompts_from(cfg.prompts, cfg.limit), cfg.gen, n=cfg.n, progress=True)
     rows = [{"prompt": s.prompt, "completion": s.completion, "ended": s.ended} for s in samples]
-    emit_rows(rows, cfg.out, "completions")
+    if distributed.is_main():
+        emit_rows(rows, cfg.out, "completions")
     return rows
 
 
 def evaluate(cfg: EvalConfig) -> dict:
     """Gold reward (95% CI), length, EOS rate, well-formedness and distinct-n of each policy; with
     ``--reference``, also KL to the reference and the win rate against it."""
-    set_threads(cfg)
+    prepare(cfg)
     prompts = prompts_from(cfg.prompts, cfg.limit)
     results: dict[str, dict] = {}
     tokenizer = None
     ref = ref_samples = None
     if cfg.reference:
         ref, ref_tokenizer = load_policy(cfg.reference)
-        ref_samples = sample(ref, ref_tokenizer, prompts, replace(cfg.gen, seed=cfg.gen.seed + 1))
+        ref_samples = sample_shared(ref, ref_tokenizer, prompts, replace(cfg.gen, seed=cfg.gen.seed + 1))
     for path in cfg.model:
         model, tokenizer = load_policy(path)
         t0 = time.perf_counter()
-        samples = sample(model, tokenizer, prompts, cfg.gen, progress=not cfg.json)
+        samples = sample_shared(model, tokenizer, prompts, cfg.gen, progress=not cfg.json)
         results[path] = {**evaluate_samples(samples), "sample_s": round(time.perf_counter() - t0, 2)}
         if ref is not None:
             results[path].update(kl_to_reference(samples, ref, tokenizer, cfg.gen.temperature or 1.0))

@@ -5,20 +5,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .. import distributed
 from ..config import DemoConfig, ExperimentConfig, ReportConfig, to_dict
 from ..experiments import DEMO_FILE, load_spec, run
 from ..report import render, summary_table
-from .common import set_threads
+from .common import prepare
+
+
+def _one_process(command: str) -> None:
+    if distributed.world_size() > 1:
+        raise ValueError(f"preftune {command} runs in one process; torchrun the stage commands (sft, reward, dpo, rl, ...) instead")
+    prepare()
 
 
 def demo(cfg: DemoConfig) -> dict:
     """The demo's experiment file (``preftune/experiments/demo.yaml`` = ``configs/demo.yaml``)."""
-    set_threads()
+    _one_process("demo")
     return run(cfg.out, {**load_spec(DEMO_FILE, cfg.quick), "seed": cfg.seed}, to_dict(cfg))
 
 
 def experiment(cfg: ExperimentConfig) -> dict:
-    set_threads()
+    _one_process("experiment")
     spec = load_spec(cfg.file, cfg.quick)
     return run(cfg.out or spec.get("out") or f"runs/{Path(cfg.file).stem}", spec, {"file": str(cfg.file), **spec})
 

@@ -14,12 +14,12 @@ from ..evaluate import evaluate_reward_model, format_reward_report
 from ..loop import train
 from ..methods.reward import RewardTraining, score_texts, to_units
 from ..models import build_reward_model, load_reward_model, save_model
-from .common import comparisons, emit_rows, global_batch_size, record_config, set_threads
+from .common import comparisons, emit_rows, global_batch_size, prepare, record_config
 
 
 def reward(cfg: RewardConfig) -> dict:
     """Train a reward model, centre it on reference samples, save it, and evaluate it."""
-    set_threads(cfg)
+    prepare(cfg)
     out = Path(cfg.train.out)
     rm, tokenizer = build_reward_model(cfg.model, seed=cfg.train.seed)
     record_config(cfg, "reward")
@@ -61,9 +61,11 @@ def _completions(r: Comparison | Ranking) -> tuple[str, ...]:
 
 
 def score(cfg: ScoreConfig) -> list[float]:
-    set_threads(cfg)
+    prepare(cfg)
     rm, tokenizer = load_reward_model(cfg.reward)
     rows = [row for _, row in read_rows(cfg.data)]
-    scores = score_texts(rm, tokenizer, [(r.prompt, r.completion) for r in load_sft(cfg.data)]).tolist()
-    emit_rows([{**row, "score": s} for row, s in zip(rows, scores)], cfg.out, "scores")
+    mine = distributed.shard([(r.prompt, r.completion) for r in load_sft(cfg.data)])  # all of them in one process
+    scores = distributed.gather(score_texts(rm, tokenizer, mine).tolist())
+    if distributed.is_main():
+        emit_rows([{**row, "score": s} for row, s in zip(rows, scores)], cfg.out, "scores")
     return scores

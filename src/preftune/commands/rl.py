@@ -8,6 +8,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from .. import distributed, losses
 from ..config import BestOfNConfig, RLConfig
 from ..data import encode_text, load_prompts, load_texts, write_jsonl
@@ -16,13 +18,13 @@ from ..loop import checkpoint_state, steps_per_epoch, train
 from ..methods.algorithms import build_algorithm
 from ..methods.rl import RLHF, Scorer, gold_or_none
 from ..models import load_policy, save_model
-from ..rollout import sample
-from .common import prompts_from, record_config, set_threads
+from ..rollout import sample_shared
+from .common import prepare, prompts_from, record_config
 
 
 def rl(cfg: RLConfig) -> Path:
     """RL from pi_SFT against ``cfg.reward``; a loop epoch is one rollout iteration."""
-    set_threads(cfg)
+    prepare(cfg)
     if cfg.train.fsdp and distributed.world_size() > 1:
         raise ValueError("--train.fsdp: rl runs under DDP only (FSDP would need every process to sample in lockstep)")
     if cfg.prompts_per_iter < distributed.world_size():
@@ -81,21 +83,22 @@ def _summarise(rows: list[dict], seconds: float, out: Path) -> None:
 
 def best_of_n(cfg: BestOfNConfig) -> dict:
     """Sample n per prompt, keep the best by reward; the KL to the sampler is log n - (n-1)/n."""
-    set_threads(cfg)
+    prepare(cfg)
     if cfg.n < 1:
         raise ValueError("--n must be at least 1")
     model, tokenizer = load_policy(cfg.model)
     scorer = Scorer(cfg.reward)
     t0 = time.perf_counter()
-    samples = sample(model, tokenizer, prompts_from(cfg.prompts, cfg.limit), cfg.gen, n=cfg.n, progress=not cfg.json)
-    scores = scorer.score_all(samples, tokenizer.pad_token_id)
+    samples = sample_shared(model, tokenizer, prompts_from(cfg.prompts, cfg.limit), cfg.gen, n=cfg.n, progress=not cfg.json)
+    mine = distributed.shard(samples)  # under torchrun each process scores a share
+    scores = torch.tensor(distributed.gather(scorer.score_all(mine, tokenizer.pad_token_id).tolist() if mine else []))
     best = losses.pick_best(scores, cfg.n).tolist()
     chosen = [samples[i] for i in best]
     result = {"score": float(scores[best].mean()), "score_all": float(scores.mean()), "kl": losses.best_of_n_kl(cfg.n), "best_of": cfg.n}
     if gold_or_none(chosen) is not None:  # lists-world prompts: the gold metrics too
         result.update(evaluate_samples(chosen))
     result["seconds"] = round(time.perf_counter() - t0, 2)
-    if cfg.out:
+    if cfg.out and distributed.is_main():
         rows = [{"prompt": s.prompt, "completion": s.completion, "ended": s.ended, "score": float(scores[i])} for s, i in zip(chosen, best)]
         write_jsonl(cfg.out, rows)  # no message: with --json, stdout holds the JSON object alone
     if cfg.json:

@@ -6,25 +6,27 @@ import math
 import random
 from pathlib import Path
 
+from .. import distributed
 from ..config import AnnotateConfig, SampleConfig
 from ..data import SCALE_STRENGTHS, DataError, read_rows, write_jsonl
 from ..models import load_policy
-from ..rollout import sample
+from ..rollout import sample_shared
 from ..world import lists
-from .common import prompts_from, set_threads
+from .common import prepare, prompts_from
 
 
 def sample_sets(cfg: SampleConfig) -> Path:
     """K completions per prompt, batched with a KV cache, as JSONL ready for labelling."""
-    set_threads(cfg)
+    prepare(cfg)
     model, tokenizer = load_policy(cfg.model)
     prompts = prompts_from(cfg.prompts, cfg.limit)
-    samples = sample(model, tokenizer, prompts, cfg.gen, n=cfg.k, progress=True)
+    samples = sample_shared(model, tokenizer, prompts, cfg.gen, n=cfg.k, progress=True)
     rows = []
     for i, prompt in enumerate(prompts):
         group = samples[i * cfg.k : (i + 1) * cfg.k]
         rows.append({"prompt": prompt, "completions": [s.completion for s in group], "ended": [s.ended for s in group]})
-    write_jsonl(cfg.out, rows)
+    if distributed.is_main():
+        write_jsonl(cfg.out, rows)
     print(f"wrote {len(rows)} sets of {cfg.k} completions to {cfg.out}")
     return Path(cfg.out)
 

@@ -10,12 +10,12 @@ from ..data import encode, encode_text, load_sft, load_texts
 from ..loop import train
 from ..methods.sft import SFT
 from ..models import add_lora, build_model, load_policy, load_tokenizer, n_params, save_model, train_tokenizer
-from .common import global_batch_size, held_out_split, record_config, report_truncation, set_threads
+from .common import global_batch_size, held_out_split, prepare, record_config, report_truncation
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
     """Train a tokenizer (unless given) and a tiny causal LM from scratch on a text corpus."""
-    set_threads(cfg)
+    prepare(cfg)
     out = Path(cfg.train.out)
     texts = load_texts(cfg.data)
     tokenizer = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else train_tokenizer(texts, cfg.vocab_size)
@@ -33,7 +33,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
 def sft(cfg: SFTConfig) -> Path:
     """Supervised fine-tuning on demonstrations; the loss is on completion tokens only."""
-    set_threads(cfg)
+    prepare(cfg)
     out = Path(cfg.train.out)
     model, tokenizer = load_policy(cfg.model)
     if cfg.lora:

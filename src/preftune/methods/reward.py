@@ -93,7 +93,10 @@ class RewardTraining:
     def loss(self, model, units: list[Unit]) -> StepLoss:
         scores, starts, chosen, rejected, weights = self._pair_terms(model, units)
         if self.ranking_loss == "plackett-luce":
-            total = sum(losses.plackett_luce(scores[s : s + len(u.encoded)], torch.tensor(u.ranking, device=scores.device)) for u, s in zip(units, starts))
+            total = sum(
+                losses.plackett_luce(scores[s : s + len(u.encoded)], torch.tensor(u.ranking, device=scores.device))
+                for u, s in zip(units, starts)
+            )
         else:
             total = losses.bradley_terry(chosen, rejected, self.margin, weights).sum()
         margin = chosen - rejected
