@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench clean chromium
+.PHONY: demo test test-fast lint bench clean chromium readme
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/preftune demo
 
 test: $(STAMP) chromium
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)  ## skip the slow end-to-end checks
@@ -33,6 +33,9 @@ test-fast: $(STAMP)  ## skip the slow end-to-end checks
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+
+readme: $(STAMP)  ## refill the README's generated blocks
+	$(BIN)/python scripts/render_readme.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_train.py

@@ -6,6 +6,7 @@ Runs what ``preftune rl`` runs (the same RLHF method and loop) as a run resumed 
 rollout was collected, and writes every trained parameter to ``OUT/trained.safetensors``.
 """
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from preftune.models import load_policy
 
 def main(model: str, algo: str, rollout: str, out: str, batch_size: str) -> None:
     torch.set_num_threads(1)
+    distributed.use_device(os.environ.get("PREFTUNE_TEST_DEVICE", "cpu"))
     distributed.setup()
     train_cfg = TrainConfig(out=out, batch_size=int(batch_size), lr=1e-3, warmup=0.0, schedule="constant", progress=False, dropout=False)
     cfg = RLConfig(model=model, reward="gold", prompts="-", algo=algo, k=4, prompts_per_iter=4, iterations=1, train=train_cfg)

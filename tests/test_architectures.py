@@ -39,10 +39,11 @@ def world(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch,kind", [*((a, "pad") for a in ARCHITECTURES), ("gpt2", "no-pad"), ("llama", "bos-chat")])
+@pytest.mark.parametrize("arch,kind", [*((a, "pad") for a in ARCHITECTURES), ("gpt2", "no-pad"), ("llama", "bos-chat"), ("llama", "bf16")])
 def test_every_trainer_runs_on_the_architecture_and_its_outputs_reload(world, tmp_path, tokenizer, bos_tokenizer, arch, kind):
     """``no-pad``: a tokenizer with no pad token, as GPT-2's (preftune pads with EOS; masks decide what
-    counts); ``bos-chat``: one that puts a BOS before every text and has its own chat template."""
+    counts); ``bos-chat``: one that puts a BOS before every text and has its own chat template; ``bf16``:
+    every trainer under bf16 autocast, RL's reference and reward model held in bf16."""
     name, sizes = ARCHITECTURES[arch]
     pad = kind != "no-pad"
     if kind == "no-pad":
@@ -55,7 +56,8 @@ def test_every_trainer_runs_on_the_architecture_and_its_outputs_reload(world, tm
     torch.manual_seed(0)
     save_model(AutoModelForCausalLM.from_config(config), tokenizer, tmp_path / "base")
     assert (AutoTokenizer.from_pretrained(tmp_path / "base").pad_token is None) is not pad
-    short = dict(max_steps=2, batch_size=4, progress=False, save_every=0)
+    precision = "bf16" if kind == "bf16" else "fp32"
+    short = dict(max_steps=2, batch_size=4, progress=False, save_every=0, precision=precision)
     sft(SFTConfig(model=str(tmp_path / "base"), data=str(world / "sft.jsonl"), train=TrainConfig(out=str(tmp_path / "sft"), **short)))
     gen = SamplingConfig(max_new_tokens=8)
     sample_sets(SampleConfig(model=str(tmp_path / "sft"), prompts=str(world / "prompts.jsonl"), out=str(tmp_path / "s.jsonl"), gen=gen))
@@ -68,14 +70,16 @@ def test_every_trainer_runs_on_the_architecture_and_its_outputs_reload(world, tm
             model=str(tmp_path / "sft"), data=pairs, eval_data=pairs, train=TrainConfig(out=str(tmp_path / "dpo"), dropout=False, **short)
         )
     )
-    rl_train = TrainConfig(out=str(tmp_path / "ppo"), batch_size=8, progress=False, save_every=0, dropout=False)
+    rl_train = TrainConfig(out=str(tmp_path / "ppo"), batch_size=8, progress=False, save_every=0, dropout=False, precision=precision)
     rl(
         RLConfig(
             model=str(tmp_path / "sft"), reward=str(tmp_path / "rm"), prompts=str(world / "prompts.jsonl"), algo="ppo", iterations=1,
-            prompts_per_iter=4, k=2, gen=gen, train=rl_train,
+            prompts_per_iter=4, k=2, gen=gen, train=rl_train, frozen_precision=precision,
         )
     )  # fmt: skip
     for policy in ("sft", "dpo", "ppo"):
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / policy)
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # bf16 autocast keeps fp32 weights
         assert type(AutoModelForCausalLM.from_pretrained(tmp_path / policy)).__name__.lower().startswith(arch.replace("_", ""))
     rm = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
     assert rm.config.num_labels == 1 and rm.config.preftune_reward_offset != 0.0

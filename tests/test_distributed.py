@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from preftune.cli import main
 from preftune.distributed import shard
 
+DEVICE = os.environ.get("PREFTUNE_TEST_DEVICE", "cpu")  # scripts/gpu_check.sh sets cuda (nccl) where 2 GPUs exist
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
 
 
@@ -74,6 +75,7 @@ def _run(argv: list[str], processes: int, script: str | None = None) -> subproce
     """``preftune ARGV`` (or ``python SCRIPT ARGV``) in one process, or under torchrun."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFTUNE_THREADS": "1"}
     target = [script] if script else ["-m", "preftune"]
+    argv = argv if script else [*argv, "--device", DEVICE]
     cmd = [sys.executable, *target, *argv] if processes == 1 else [TORCHRUN, "--nproc-per-node", str(processes), *target, *argv]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -201,7 +203,7 @@ def test_two_process_run_killed_and_resumed_ends_as_the_uninterrupted_run(base, 
 
     cut = tmp_path / "cut"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFTUNE_THREADS": "1"}
-    cmd = [TORCHRUN, "--nproc-per-node", "2", "-m", "preftune", *args, "--train.out", str(cut)]
+    cmd = [TORCHRUN, "--nproc-per-node", "2", "-m", "preftune", *args, "--train.out", str(cut), "--device", DEVICE]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
     while not (cut / "checkpoints/step-0000010").exists():

@@ -254,6 +254,11 @@ class RLConfig:
     value_coef: float = doc(0.1, "ppo: weight of the value loss")
     gamma: float = doc(1.0, "ppo: discount")
     lam: float = doc(0.95, "ppo: GAE λ")
+    frozen_precision: str = doc(
+        "fp32",
+        "the frozen reference and reward model: fp32, or bf16 (half their memory; their log-probs and scores in bf16)",
+        choices=("fp32", "bf16"),
+    )
     ptx_data: str = doc("", "ppo-ptx: pretraining texts, {'text'} rows, mixed into the loss")
     ptx_coef: float = doc(0.0, "ppo-ptx: weight of the pretraining NLL")
     # lr 1e-4: at 3e-4 REINFORCE's KL ran away (14.6 nats, gold below pi_SFT) in the demo; at 1e-4
@@ -280,6 +285,20 @@ class BestOfNConfig:
 
 
 # ---------------------------------------------------------------------- experiments and report
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    model: str = doc("", "a model directory or a config.json file (only the config is read; nothing is loaded)", required=True)
+    batch_size: int = doc(8, "per process: sequences (sft), pairs (dpo, reward) or rollout rows per micro-batch (rl)")
+    seq_len: int = doc(1024, "tokens per sequence, prompt and completion")
+    precision: str = doc("fp32", "fp32, or bf16 autocast (as --train.precision)", choices=("fp32", "bf16"))
+    processes: int = doc(1, "processes under torchrun (FSDP divides weights, gradients and AdamW states by it)")
+    fsdp: bool = doc(False, "FSDP2 instead of DDP (--train.fsdp)")
+    gradient_checkpointing: bool = doc(False, "activation checkpointing (--train.gradient-checkpointing)")
+    frozen_bf16: bool = doc(False, "rl: the reference and reward model held in bf16 (--frozen-precision bf16)")
+    flash_attention: bool = doc(False, "no attention probabilities kept (flash / memory-efficient attention on GPUs)")
+    json: bool = doc(False, "print one JSON object (bytes) instead of the table (GiB)")
 
 
 @dataclass(frozen=True)

@@ -225,13 +225,13 @@ def build_reward_model(policy_dir: str | Path, seed: int = 0) -> tuple[RewardMod
     return RewardModel(model.to(distributed.device())), tokenizer
 
 
-def load_reward_model(path: str | Path) -> tuple[RewardModel, PreTrainedTokenizerBase]:
+def load_reward_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[RewardModel, PreTrainedTokenizerBase]:
     """Load a reward model saved by preftune. Plain ``AutoModelForSequenceClassification`` loads
     it too; its ``logits[:, 0]`` then equal preftune's score plus ``config.preftune_reward_offset``."""
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path}: no reward model here (expected config.json)")
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype, local_files_only=True)
     if model.config.num_labels != 1:
         raise ValueError(f"{path}: not a reward model (num_labels = {model.config.num_labels}, expected 1)")
     return RewardModel(model.to(distributed.device())).eval(), load_tokenizer(path)

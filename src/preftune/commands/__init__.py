@@ -12,6 +12,7 @@ module                 commands                                    config classe
 ``eval``               generate, eval                              GenerateConfig, EvalConfig
 ``label``              label serve | export | stats                LabelServeConfig, ...
 ``experiment``         demo, experiment, report                    DemoConfig, ExperimentConfig, ReportConfig
+``memory``             memory                                      MemoryConfig
 =====================  ==========================================  ===========================
 
 Shared helpers are in :mod:`.common`; command modules do not import each other.
@@ -37,6 +38,7 @@ COMMANDS: dict[str, tuple[str, type, str]] = {
     "eval": ("gold reward, length, diversity of policies on the lists world", c.EvalConfig, "eval:evaluate"),
     "demo": ("the whole pipeline and every experiment on the built-in world, with report.html", c.DemoConfig, "experiment:demo"),
     "experiment": ("run experiments from a file (configs/*.yaml)", c.ExperimentConfig, "experiment:experiment"),
+    "memory": ("estimate each trainer's memory per process for a model's config", c.MemoryConfig, "memory:memory"),
     "report": ("re-render report.html and its figures from a run's results.json", c.ReportConfig, "experiment:report"),
 }
 LABEL_COMMANDS: dict[str, tuple[str, type, str]] = {

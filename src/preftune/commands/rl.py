@@ -33,9 +33,10 @@ def rl(cfg: RLConfig) -> Path:
         raise ValueError("--ptx-coef needs --ptx-data")
     out = Path(cfg.train.out)
     policy, tokenizer = load_policy(cfg.model)
-    reference, _ = load_policy(cfg.model)
+    frozen = torch.bfloat16 if cfg.frozen_precision == "bf16" else torch.float32
+    reference, _ = load_policy(cfg.model, dtype=frozen)
     reference.requires_grad_(False).eval()
-    scorer = Scorer(cfg.reward)
+    scorer = Scorer(cfg.reward, frozen)
     algorithm = build_algorithm(cfg)
     ptx = [encode_text(tokenizer, t, cfg.tokens.max_length) for t in load_texts(cfg.ptx_data)] if cfg.ptx_data else None
     record_config(cfg, "rl")

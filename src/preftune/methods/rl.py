@@ -42,11 +42,11 @@ from .algorithms import Algorithm
 class Scorer:
     """The reward: a trained reward model, or the lists world's gold reward (``'gold'``)."""
 
-    def __init__(self, spec: str):
+    def __init__(self, spec: str, dtype: torch.dtype = torch.float32):
         if not spec:
             raise ValueError("--reward is required: a reward model directory or 'gold'")
         self.gold = spec == "gold"
-        self.rm = None if self.gold else load_reward_model(spec)[0].requires_grad_(False)
+        self.rm = None if self.gold else load_reward_model(spec, dtype)[0].requires_grad_(False)
 
     @torch.no_grad()
     def __call__(self, samples: list[Sample], batch: Batch) -> torch.Tensor:

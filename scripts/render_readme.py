@@ -1,0 +1,42 @@
+"""Fill the README's generated blocks from the commands that compute them (no typed numbers).
+
+A block is ``<!-- NAME: ARGS -->`` ... ``<!-- /NAME -->``; its body is the output of
+``preftune NAME ARGS`` in a fenced block, with the command named above it.
+
+    python scripts/render_readme.py           rewrite README.md in place
+    python scripts/render_readme.py --check   exit 1 (and say which block) if README.md is stale
+"""
+
+import contextlib
+import io
+import re
+import shlex
+import sys
+from pathlib import Path
+
+from preftune.cli import main
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+BLOCK = re.compile(r"<!-- (memory): (.*?) -->\n.*?<!-- /\1 -->\n", re.S)
+
+
+def render(text: str) -> str:
+    def fill(m: re.Match) -> str:
+        name, args = m.group(1), m.group(2)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            if main([name, *shlex.split(args)]) != 0:
+                raise SystemExit(f"README block `preftune {name} {args}` failed")
+        return f"<!-- {name}: {args} -->\n`preftune {name} {args}`:\n\n```\n{out.getvalue().rstrip()}\n```\n<!-- /{name} -->\n"
+
+    return BLOCK.sub(fill, text)
+
+
+if __name__ == "__main__":
+    text = README.read_text()
+    new = render(text)
+    if "--check" in sys.argv[1:]:
+        if new != text:
+            sys.exit("README.md is stale: run `python scripts/render_readme.py` (generated blocks differ)")
+    else:
+        README.write_text(new)

@@ -1,0 +1,114 @@
+"""How much memory each trainer needs, per process: weights, gradients, AdamW, frozen models, activations.
+
+A sum of components, so a slight overestimate of the peak (gradients and most activations never
+coexist at their largest). Per trainable parameter: 4 bytes of fp32 master weights, 4 of gradients,
+8 of AdamW moments (FSDP divides these three by the number of processes, DDP by nothing), and 8 of
+transients (the copy a load makes, AdamW's foreach temporaries); bf16 autocast adds its 2-byte
+weight copies. Not in the table: under FSDP every process first loads the whole model and copies it
+before sharding (8 bytes per parameter, once, before training); ``rl`` runs under DDP only. Frozen models (RL's reference and reward model) cost 4 bytes per parameter, 2 held
+in bf16; DPO holds no reference model (its log-probs are computed once, before training).
+
+Activations are what autograd keeps per token and layer, about ``16·hidden + 4·mlp`` values for a
+gated MLP (Llama, Qwen2, Mistral, Gemma; ``2·mlp`` otherwise) plus ``2·heads·seq_len`` of attention
+probabilities (the math attention that CPUs and padded batches use; none with flash attention), 4
+bytes each in fp32, about 2 under autocast. With activation checkpointing a layer keeps only its
+input (``hidden`` values) and one layer is recomputed at a time. The logits cost ``tokens × vocab``
+fp32 values three times (logits, their gradient, the backward's softmax; RL keeps two more for its
+entropy metric). DPO and reward models run two sequences per pair.
+
+The coefficients were counted from the Llama layer and checked against the peak resident memory
+of real runs on this CPU; ``tests/test_memory.py`` keeps the estimate within 25% of them.
+``preftune memory --model DIR`` prints the table for a saved model's ``config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+TRAINERS = ("sft", "reward", "dpo", "rl", "ppo")
+GATED = ("llama", "qwen2", "mistral", "gemma", "gemma2", "qwen3", "phi3")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the estimate needs of a model."""
+
+    params: int  # all parameters of the causal LM (tied embeddings counted once)
+    backbone: int  # a reward or value model's: the LM without its (untied) LM head, plus a scalar head
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    mlp: int
+    gated: bool
+
+
+def shape_of(config: dict) -> Shape:
+    """The shape of a Hugging Face ``config.json`` (as a dict), counting parameters on the meta device."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(**config)
+    with torch.device("meta"):
+        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(cfg).parameters())
+    hidden = getattr(cfg, "hidden_size", None) or cfg.n_embd
+    layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
+    heads = getattr(cfg, "num_attention_heads", None) or cfg.n_head
+    mlp = getattr(cfg, "intermediate_size", None) or getattr(cfg, "ffn_dim", None) or getattr(cfg, "n_inner", None) or 4 * hidden
+    backbone = params - (0 if cfg.tie_word_embeddings else cfg.vocab_size * hidden) + hidden
+    return Shape(params, backbone, cfg.vocab_size, hidden, layers, heads, mlp, cfg.model_type in GATED)
+
+
+def load_shape(model_dir: str | Path) -> Shape:
+    path = Path(model_dir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{model_dir}: no config.json (a save_pretrained directory is expected)")
+    return shape_of(json.loads(path.read_text()))
+
+
+def estimate(
+    shape: Shape,
+    trainer: str,
+    batch_size: int,
+    seq_len: int,
+    *,
+    precision: str = "fp32",
+    processes: int = 1,
+    fsdp: bool = False,
+    gradient_checkpointing: bool = False,
+    frozen_bf16: bool = False,
+    flash_attention: bool = False,
+) -> dict[str, int]:
+    """Bytes per process for each component of ``trainer`` (``sft`` also stands for ``pretrain``;
+    ``rl`` is RAFT, REINFORCE, RLOO and GRPO; ``ppo`` adds the value model), and their ``total``.
+    ``batch_size`` is per process: sequences, pairs (DPO, reward) or rollout rows (RL)."""
+    if trainer not in TRAINERS:
+        raise ValueError(f"trainer must be one of {TRAINERS}, got {trainer!r}")
+    backbone = shape.backbone
+    trained = {"sft": shape.params, "reward": backbone, "dpo": shape.params, "rl": shape.params, "ppo": shape.params + backbone}[trainer]
+    shard = processes if fsdp and trainer not in ("rl", "ppo") else 1  # rl runs under DDP only
+    out = {"weights": 4 * trained // shard, "gradients": 4 * trained // shard, "adamw": 8 * trained // shard}
+    out["transients"] = (8 + (2 if precision == "bf16" else 0)) * trained // shard
+    out["frozen models"] = (2 if frozen_bf16 else 4) * (shape.params + backbone) if trainer in ("rl", "ppo") else 0  # reference + reward
+
+    sequences = batch_size * (2 if trainer in ("dpo", "reward") else 1)
+    tokens = sequences * seq_len
+    layer = 16 * shape.hidden + (4 if shape.gated else 2) * shape.mlp + (0 if flash_attention else 2 * shape.heads * seq_len)
+    kept = shape.layers * shape.hidden + layer if gradient_checkpointing else shape.layers * layer
+    forwards = 2 if trainer == "ppo" else 1  # PPO: the policy and the value model
+    out["activations"] = forwards * tokens * kept * (2 if precision == "bf16" else 4)
+    out["logits"] = {"sft": 3, "reward": 0, "dpo": 3, "rl": 5, "ppo": 5}[trainer] * tokens * shape.vocab * 4
+    out["total"] = sum(out.values())
+    return out
+
+
+def table(shape: Shape, batch_size: int, seq_len: int, **kw) -> str:
+    """A markdown table: one row per trainer, one column per component, in GiB."""
+    rows = {t: estimate(shape, t, batch_size, seq_len, **kw) for t in TRAINERS}
+    cols = list(next(iter(rows.values())))
+    lines = ["| trainer | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for t, r in rows.items():
+        lines.append(f"| {t} | " + " | ".join(f"{r[c] / 2**30:.2f}" for c in cols) + " |")
+    return "\n".join(lines)
