@@ -150,7 +150,7 @@ def save_checkpoint(out: Path, model, optimizer, state: dict, best: dict | None 
     """Write ``out/checkpoints/step-N`` atomically: everything goes to a temp dir, then one rename.
 
     Every process calls it; rank 0 writes. Weights and AdamW states are whole (gathered under FSDP),
-    so a checkpoint resumes at any number of processes; each process's RNG state is kept.
+    not one process's shard; each process's RNG states (CPU, and CUDA when used) are kept.
     """
     weights = _trainable_state(model)
     if _is_sharded(model):
@@ -160,15 +160,16 @@ def save_checkpoint(out: Path, model, optimizer, state: dict, best: dict | None 
     else:
         optimizer_state = optimizer.state_dict()
     rngs = distributed.gather([torch.get_rng_state()])
+    cuda_rngs = distributed.gather([torch.cuda.get_rng_state()]) if torch.cuda.is_initialized() else None
     root = out / CKPT_DIR
     final = root / f"step-{state['step']:07d}"
     if distributed.is_main():
-        _write_checkpoint(root, final, weights, best, optimizer_state, rngs, state, keep)
+        _write_checkpoint(root, final, weights, best, optimizer_state, rngs, cuda_rngs, state, keep)
     distributed.barrier()  # nobody runs ahead of a checkpoint it might resume from
     return final
 
 
-def _write_checkpoint(root: Path, final: Path, weights, best, optimizer_state, rngs, state: dict, keep: int) -> None:
+def _write_checkpoint(root: Path, final: Path, weights, best, optimizer_state, rngs, cuda_rngs, state: dict, keep: int) -> None:
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -176,7 +177,13 @@ def _write_checkpoint(root: Path, final: Path, weights, best, optimizer_state, r
     save_file(weights, str(tmp / "model.safetensors"))
     if best is not None:
         save_file(best, str(tmp / "best.safetensors"))
-    blob = {"optimizer": optimizer_state, "torch_rng": rngs[0], "torch_rng_ranks": rngs, "py_rng": random.getstate()}
+    blob = {
+        "optimizer": optimizer_state,
+        "torch_rng": rngs[0],
+        "torch_rng_ranks": rngs,
+        "cuda_rng_ranks": cuda_rngs,
+        "py_rng": random.getstate(),
+    }
     torch.save(blob, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(state))
     for f in tmp.iterdir():  # make the files durable before the rename publishes them
@@ -220,7 +227,10 @@ def load_checkpoint(path: Path, model, optimizer) -> tuple[dict, dict | None]:
     else:
         optimizer.load_state_dict(blob["optimizer"])
     rngs = blob.get("torch_rng_ranks", [])
-    torch.set_rng_state(rngs[distributed.rank()] if len(rngs) == distributed.world_size() else blob["torch_rng"])
+    same_world = len(rngs) == distributed.world_size()
+    torch.set_rng_state(rngs[distributed.rank()] if same_world else blob["torch_rng"])
+    if blob.get("cuda_rng_ranks") and same_world and torch.cuda.is_available():
+        torch.cuda.set_rng_state(blob["cuda_rng_ranks"][distributed.rank()])
     random.setstate(blob["py_rng"])
     best = load_file(str(path / "best.safetensors")) if (path / "best.safetensors").exists() else None
     return json.loads((path / "state.json").read_text()), best
