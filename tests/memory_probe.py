@@ -28,7 +28,19 @@ if __name__ == "__main__":
     trainer, model, data, out, batch, seq, *extra = sys.argv[1:]
     torch.set_num_threads(2)
     file = f"{data}/{'sft' if trainer == 'sft' else 'pairs'}.jsonl"
-    args = [trainer, "--model", model, "--data", file, "--train.out", out, "--train.batch-size", batch, "--train.max-steps", "3"]
+    args = [
+        trainer,
+        "--model",
+        model,
+        "--data",
+        file,
+        "--train.out",
+        out,
+        "--train.batch-size",
+        batch,
+        "--train.max-steps",
+        "2",
+    ]  # step 2 is the first with AdamW's states
     args += ["--tokens.max-length", seq, "--tokens.max-prompt-length", str(int(seq) // 2), "--train.no-progress", "--train.save-every", "0"]
     args += ["--train.eval-every", "0", *(["--no-world-eval"] if trainer == "reward" else []), *extra]
     baseline = _status("VmRSS")

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from preftune.cli import main
+from preftune.data import write_jsonl
 from preftune.distributed import shard
 
 DEVICE = os.environ.get("PREFTUNE_TEST_DEVICE", "cpu")  # scripts/gpu_check.sh sets cuda (nccl) where 2 GPUs exist
@@ -229,24 +230,24 @@ def test_two_process_run_killed_and_resumed_ends_as_the_uninterrupted_run(base, 
 
 @pytest.mark.slow
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
-def test_sample_generate_score_and_eval_share_the_work_and_match_one_process(base, tmp_path):
-    """Greedy decoding, so two processes must produce what one does; rank 0 writes, in input order."""
+def test_sample_score_and_eval_share_the_work_and_match_one_process(base, tmp_path):
+    """Greedy decoding, so two processes must produce what one does; rank 0 writes, in input order.
+    (``generate`` and ``best-of-n`` share the work through the same ``rollout.sample_shared``.)"""
     greedy = ["--gen.temperature", "0", "--gen.max-new-tokens", "8"]
     sets = ["sample", "--model", str(base / "base"), "--prompts", str(base / "w/prompts.jsonl"), "--k", "2", *greedy]
-    completions = ["generate", "--model", str(base / "base"), "--prompts", str(base / "w/prompts.jsonl"), *greedy]
     for n in (1, 2):
         _run([*sets, "--out", str(tmp_path / f"sets{n}.jsonl")], n)
-        _run([*completions, "--out", str(tmp_path / f"gen{n}.jsonl")], n)
-    for name in ("sets", "gen"):
-        one, two = ((tmp_path / f"{name}{n}.jsonl").read_text() for n in (1, 2))
-        assert one == two and len(one.splitlines()) == 24
+    one, two = ((tmp_path / f"sets{n}.jsonl").read_text() for n in (1, 2))
+    assert one == two and len(one.splitlines()) == 24
+    scored = [{"prompt": r["prompt"], "completion": c} for r in map(json.loads, one.splitlines()) for c in r["completions"]]
+    write_jsonl(tmp_path / "gen1.jsonl", scored)
 
     rm = ["reward", "--model", str(base / "base"), "--data", str(base / "pairs.jsonl"), "--no-world-eval", "--train.no-progress"]
     _run([*rm, "--train.max-steps", "2", "--train.batch-size", "8", "--train.out", str(tmp_path / "rm")], 1)
     for n in (1, 2):
         _run(["score", "--reward", str(tmp_path / "rm"), "--data", str(tmp_path / "gen1.jsonl"), "--out", str(tmp_path / f"s{n}.jsonl")], n)
     one, two = ([json.loads(line) for line in (tmp_path / f"s{n}.jsonl").read_text().splitlines()] for n in (1, 2))
-    assert [r["prompt"] for r in two] == [r["prompt"] for r in one] and len(one) == 24
+    assert [r["prompt"] for r in two] == [r["prompt"] for r in one] and len(one) == 48
     torch.testing.assert_close(torch.tensor([r["score"] for r in two]), torch.tensor([r["score"] for r in one]), atol=1e-5, rtol=1e-5)
 
     ev = ["eval", "--model", str(base / "base"), "--reference", str(base / "base"), "--prompts", str(base / "w/heldout.jsonl"), "--json"]

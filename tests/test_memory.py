@@ -66,8 +66,8 @@ def measured_setup(tmp_path_factory, tokenizer):
     save_model(transformers.LlamaForCausalLM(config), tokenizer, d / "model")
     words = "apple pear plum kiwi lemon mango grape cherry "
     prompt, a, b = "Human: name fruits. " + words * 20, " " + words * 20, " " + words[::-1] * 20
-    write_jsonl(d / "sft.jsonl", [{"prompt": prompt, "completion": a}] * 64)
-    write_jsonl(d / "pairs.jsonl", [{"prompt": prompt, "chosen": a, "rejected": b}] * 64)
+    write_jsonl(d / "sft.jsonl", [{"prompt": prompt, "completion": a}] * 24)
+    write_jsonl(d / "pairs.jsonl", [{"prompt": prompt, "chosen": a, "rejected": b}] * 24)
     return d, shape_of(config.to_dict())
 
 
@@ -75,7 +75,7 @@ def measured_setup(tmp_path_factory, tokenizer):
 @pytest.mark.parametrize("trainer,flags", [("sft", []), ("dpo", []), ("reward", []), ("sft", ["--train.gradient-checkpointing"])])
 def test_estimate_bounds_the_measured_peak_of_a_run(measured_setup, tmp_path, trainer, flags):
     d, shape = measured_setup
-    batch, seq = 8, 256
+    batch, seq = 8, 192
     probe = str(Path(__file__).parent / "memory_probe.py")
     res = subprocess.run(
         [sys.executable, probe, trainer, str(d / "model"), str(d), str(tmp_path / "out"), str(batch), str(seq), *flags],
