@@ -140,18 +140,20 @@ class RLHF:
             return self._carry[1]
         return torch.load(self._file(iteration - 1), weights_only=False)["carry"]
 
-    def _local_rollout(self, iteration: int) -> list[tuple[Sample, float, list[float]]]:
+    def _local_rollout(self, iteration: int) -> tuple[list[tuple[Sample, float, list[float]]], float]:
         """Stages 1-3 for this process's share of the iteration's prompts (all of them in one process;
         under torchrun a contiguous slice, so a prompt's k samples stay together): each sample with its
-        score and the reference's log-probs of its tokens."""
+        score and the reference's log-probs of its tokens; and the seconds sampling took."""
+        t0 = time.perf_counter()
         prompts = self._prompts_for(iteration)
         mine = distributed.shard(prompts)
         gen = replace(self.cfg.gen, seed=self.cfg.gen.seed * 100003 + iteration + 7919 * distributed.rank())
         samples = sample(self.policy, self.tokenizer, mine, gen, n=self.cfg.k, max_prompt_length=self.cfg.tokens.max_prompt_length)
+        sample_s = time.perf_counter() - t0
         batch = collate([s.encoded() for s in samples], self.tokenizer.pad_token_id)
         scores = self.scorer(samples, batch).float().tolist()
         ref = completion_logps(self.reference, batch, self.temperature)
-        return [(s, score, ref.token_logps[i, ref.mask[i]].tolist()) for i, (s, score) in enumerate(zip(samples, scores))]
+        return [(s, score, ref.token_logps[i, ref.mask[i]].tolist()) for i, (s, score) in enumerate(zip(samples, scores))], sample_s
 
     @torch.no_grad()
     def collect(self, iteration: int) -> dict:
@@ -163,8 +165,8 @@ class RLHF:
         """
         cfg, carry = self.cfg, self._carry_before(iteration)
         t0 = time.perf_counter()
-        rows = distributed.gather(self._local_rollout(iteration))
-        t1 = time.perf_counter()
+        mine, sample_s = self._local_rollout(iteration)
+        rows = distributed.gather(mine)
         samples = [r[0] for r in rows]
         batch = collate([s.encoded() for s in samples], self.tokenizer.pad_token_id)
         mask = batch.completion_mask[:, 1:]
@@ -202,8 +204,8 @@ class RLHF:
             "length": float(mask.sum(-1).float().mean()),
             "eos_rate": float(ended.float().mean()),
             **stats,
-            "sample_s": round(t1 - t0, 3),  # sampling, scoring and the reference pass (this process's share)
-            "score_s": round(time.perf_counter() - t1, 3),  # gathering and targets
+            "sample_s": round(sample_s, 3),  # generation (rank 0's share under torchrun)
+            "score_s": round(time.perf_counter() - t0 - sample_s, 3),  # scoring, the reference pass, gathering, targets
         }
         gold = gold_or_none(samples)
         if gold is not None:
