@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench clean chromium readme
+.PHONY: demo test test-fast lint bench bench-anchor clean chromium readme
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,8 +37,24 @@ lint: $(STAMP)
 readme: $(STAMP)  ## refill the README's generated blocks
 	$(BIN)/python scripts/render_readme.py
 
-bench: $(STAMP)
-	$(BIN)/python bench/bench_train.py
+# TRL beside preftune, same machine, same run: the shared workload's two TRL environments (its
+# README: trl 1.16 for sft/reward/dpo/rloo/grpo, trl 1.12 for ppo), built once into .anchor/ (git-ignored).
+WORKLOAD ?= ../shared/bench-workload
+ANCHOR   := .anchor
+ANCHOR_PKGS := transformers==5.24.0 peft==0.21.2 accelerate==1.15.0 datasets==5.2.0
+$(ANCHOR)/.installed:
+	test -x $(ANCHOR)/venv/bin/python || $(PYTHON) -m venv $(ANCHOR)/venv
+	$(ANCHOR)/venv/bin/pip install --quiet torch==2.13.0
+	$(ANCHOR)/venv/bin/pip install --quiet trl==1.16.0 $(ANCHOR_PKGS)
+	test -x $(ANCHOR)/venv-ppo/bin/python || $(PYTHON) -m venv $(ANCHOR)/venv-ppo
+	$(ANCHOR)/venv-ppo/bin/pip install --quiet torch==2.13.0
+	$(ANCHOR)/venv-ppo/bin/pip install --quiet trl==1.12.0 $(ANCHOR_PKGS)
+	touch $@
+
+bench-anchor: $(ANCHOR)/.installed
+
+bench: $(STAMP) $(ANCHOR)/.installed  ## preftune and TRL side by side, two passes (bench/run.py)
+	$(BIN)/python bench/run.py --anchor $(ANCHOR) --workload $(WORKLOAD)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,156 @@
+"""preftune beside TRL on the shared workload, in one run: each bench in its own process, TRL's and
+preftune's alternately, ``--passes`` times; one table (medians of the passes) and one JSON line.
+
+    python bench/run.py [--passes 2] [--only sft,reward,dpo,rloo,ppo,grpo] [--no-anchor] [--out bench/last.json]
+    python bench/run.py --render bench/last.json      the table of a saved run (the README's Speed section)
+
+TRL runs from the environments ``make bench-anchor`` builds in ``.anchor/`` (trl 1.16; trl 1.12 for
+PPO, the last release with it), with the workload's own scripts (``--workload``). Without them
+(``--no-anchor``) preftune runs alone and the ratios are missing. Throughput: examples (sft), pairs
+(reward, dpo: the reference pass charged), rollouts (rl) per second; peak RSS of each process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = ("sft", "reward", "dpo", "rloo", "ppo", "grpo")
+UNIT = {"sft": "examples/s", "reward": "pairs/s", "dpo": "pairs/s", "rloo": "rollouts/s", "ppo": "rollouts/s", "grpo": "rollouts/s"}
+TRL_SCRIPT = {
+    "sft": ("venv", ["bench_sft.py"]),
+    "reward": ("venv", ["bench_reward.py"]),
+    "dpo": ("venv", ["bench_dpo.py"]),
+    "rloo": ("venv", ["bench_rloo.py"]),
+    "ppo": ("venv-ppo", ["bench_ppo.py"]),
+    "grpo": ("venv", ["bench_rloo.py", "--algo", "grpo"]),
+}
+
+
+def last_json(out: str) -> dict:
+    for line in reversed(out.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise ValueError("no JSON line in the output")
+
+
+def run(cmd: list[str], env: dict, cwd: Path | None = None) -> dict:
+    res = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=1800)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {res.returncode}: {res.stderr.strip().splitlines()[-1:]}")
+    return last_json(res.stdout)
+
+
+def preftune(bench: str, assets: Path, env: dict) -> tuple[float, float]:
+    if bench in ("sft", "reward", "dpo"):
+        line = run([sys.executable, str(HERE / "bench_train.py"), "--only", bench, "--assets", str(assets)], env)
+        return line["examples_per_s"]["fp32"][bench], line["peak_rss_mib"]
+    line = run([sys.executable, str(HERE / "bench_rl.py"), "--algo", bench, "--assets", str(assets)], env)
+    return line["rollouts_per_s"], line["peak_rss_mib"]
+
+
+def trl(bench: str, anchor: Path, workload: Path, assets: Path, env: dict) -> tuple[float, float]:
+    venv, args = TRL_SCRIPT[bench]
+    env = {**env, "ANCHOR_HOME": str(anchor), "ANCHOR_ASSETS": str(assets)}
+    env.pop("ANCHOR_RESULTS", None)
+    line = run([str(anchor / venv / "bin/python"), *[str(workload / args[0]), *args[1:]]], env, cwd=anchor)
+    return line.get("examples_per_s", line.get("rollouts_per_s")), line["peak_rss_mib"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument("--only", default=",".join(BENCHES))
+    ap.add_argument("--no-anchor", action="store_true", help="preftune alone (no TRL environment): no ratios")
+    ap.add_argument("--anchor", default=str(HERE.parent / ".anchor"), help="where `make bench-anchor` built TRL's environments")
+    ap.add_argument("--workload", default=str(HERE.parents[1] / "shared" / "bench-workload"))
+    ap.add_argument("--assets", default="/tmp/preftune-bench-assets")
+    ap.add_argument("--out", default=str(HERE / "last.json"), help="write the JSON line here too")
+    ap.add_argument("--render", metavar="FILE", help="print the table of a saved run and exit")
+    a = ap.parse_args()
+    if a.render:
+        print(table(json.loads(Path(a.render).read_text())))
+        return
+    only = [b for b in a.only.split(",") if b]
+    unknown = set(only) - set(BENCHES)
+    if unknown:
+        sys.exit(f"bench/run.py: error: unknown bench(es) {sorted(unknown)}; choose from {BENCHES}")
+    anchor, workload, assets = Path(a.anchor), Path(a.workload), Path(a.assets)
+    with_trl = not a.no_anchor
+    if with_trl and not (anchor / ".installed").exists():
+        sys.exit(f"bench/run.py: error: no TRL environment in {anchor}: run `make bench-anchor`, or pass --no-anchor")
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    # The workload's assets, with the tokenizer copied beside the model (preftune loads them together).
+    subprocess.run(
+        [sys.executable, str(HERE / "bench_train.py"), "--only", "", "--assets", str(assets)], check=True, env=env, capture_output=True
+    )
+    runs: dict[str, dict[str, list]] = {b: {"preftune": [], "trl": []} for b in only}
+    for p in range(a.passes):
+        for b in only:
+            if with_trl:
+                runs[b]["trl"].append(trl(b, anchor, workload, assets, env))
+                print(f"pass {p + 1} {b:<7} TRL      {runs[b]['trl'][-1][0]:8.2f} {UNIT[b]}", file=sys.stderr, flush=True)
+            runs[b]["preftune"].append(preftune(b, assets, env))
+            print(f"pass {p + 1} {b:<7} preftune {runs[b]['preftune'][-1][0]:8.2f} {UNIT[b]}", file=sys.stderr, flush=True)
+
+    def med(xs, i):
+        return statistics.median(x[i] for x in xs) if xs else None
+
+    rows = {}
+    for b in only:
+        r = runs[b]
+        ratios = [pt[0] / tr[0] for pt, tr in zip(r["preftune"], r["trl"])]
+        rows[b] = {
+            "unit": UNIT[b],
+            "preftune": med(r["preftune"], 0),
+            "trl": med(r["trl"], 0),
+            "ratio": statistics.median(ratios) if ratios else None,
+            "preftune_rss_mib": med(r["preftune"], 1),
+            "trl_rss_mib": med(r["trl"], 1),
+            "passes": {"preftune": [x[0] for x in r["preftune"]], "trl": [x[0] for x in r["trl"]]},
+        }
+    meta = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip(),
+        "passes": a.passes,
+        "trl": with_trl,
+    }
+    result = {**meta, "benches": rows}
+    print(table(result))
+    line = json.dumps(result)
+    if a.out:
+        Path(a.out).write_text(line + "\n")
+    print(line)
+
+
+def table(result: dict) -> str:
+    """The side-by-side table of one run's JSON."""
+    lines = [
+        f"preftune vs TRL, same run: {result['date']}, {result['machine']}, commit {result['commit']}, "
+        f"median of {result['passes']} passes, fp32, 2 threads",
+        "",
+        "| bench | unit | preftune | TRL | ratio | preftune peak RSS MiB | TRL peak RSS MiB |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for b, r in result["benches"].items():
+        f = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
+        lines.append(
+            f"| {b} | {r['unit']} | {r['preftune']:.2f} | {f(r['trl'], '.2f')} | {f(r['ratio'], '.2f')} "
+            f"| {r['preftune_rss_mib']:.0f} | {f(r['trl_rss_mib'], '.0f')} |"
+        )
+    if not result["trl"]:
+        lines.append("no TRL environment (--no-anchor): the ratios are missing")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
