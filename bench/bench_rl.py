@@ -77,7 +77,9 @@ def main() -> None:
             beta=beta,
             eos_penalty=0.0,
             update_epochs=epochs,
-            train=TrainConfig(out=tmp, lr=lr, batch_size=rows, warmup=0.0, schedule="constant", save_every=0, progress=False, dropout=False),
+            train=TrainConfig(
+                out=tmp, lr=lr, batch_size=rows, warmup=0.0, schedule="constant", save_every=0, progress=False, dropout=False
+            ),
             gen=SamplingConfig(max_new_tokens=48, temperature=1.0),
             tokens=TokenConfig(max_length=128, max_prompt_length=64),
         )
