@@ -1,7 +1,8 @@
 """Fill the README's generated blocks from the commands that compute them (no typed numbers).
 
 A block is ``<!-- NAME: ARGS -->`` ... ``<!-- /NAME -->``; its body is the output of
-``preftune NAME ARGS`` in a fenced block, with the command named above it.
+``preftune memory ARGS`` (NAME ``memory``, in a fenced block, the command named above it) or the table
+of a saved ``make bench`` run (NAME ``bench``, ARGS its JSON file: ``python bench/run.py --render``).
 
     python scripts/render_readme.py           rewrite README.md in place
     python scripts/render_readme.py --check   exit 1 (and say which block) if README.md is stale
@@ -11,18 +12,24 @@ import contextlib
 import io
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
 from preftune.cli import main
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-BLOCK = re.compile(r"<!-- (memory): (.*?) -->\n.*?<!-- /\1 -->\n", re.S)
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+BLOCK = re.compile(r"<!-- (memory|bench): (.*?) -->\n.*?<!-- /\1 -->\n", re.S)
 
 
 def render(text: str) -> str:
     def fill(m: re.Match) -> str:
         name, args = m.group(1), m.group(2)
+        if name == "bench":
+            cmd = [sys.executable, str(ROOT / "bench/run.py"), "--render", str(ROOT / args)]
+            table = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.rstrip()
+            return f"<!-- {name}: {args} -->\n{table}\n<!-- /{name} -->\n"
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             if main([name, *shlex.split(args)]) != 0:
