@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -62,3 +64,26 @@ def test_a_save_that_dies_midway_leaves_no_config_json(tmp_path, tokenizer, monk
     monkeypatch.undo()
     save_model(model, tokenizer, tmp_path / "m")  # a retry completes and cleans up
     assert (tmp_path / "m" / "config.json").exists() and not (tmp_path / "m" / ".saving").exists()
+
+
+def test_fused_gelu_is_gpt2s_gelu_new_and_leaves_the_saved_config_alone(tokenizer, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    from preftune.models import fuse_gelu, load_policy, save_model
+
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=64, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0
+    )
+    torch.manual_seed(0)
+    plain = GPT2LMHeadModel(config).eval()
+    save_model(plain, tokenizer, tmp_path / "gpt2")
+    fused, _ = load_policy(tmp_path / "gpt2")
+    assert not any(isinstance(m, NewGELUActivation) for m in fused.modules())
+    assert sum(isinstance(m, GELUTanh) for m in fused.modules()) == 2  # one per block
+    ids = torch.randint(0, len(tokenizer), (3, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(input_ids=ids).logits, plain(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+    save_model(fused, tokenizer, tmp_path / "again")
+    assert json.loads((tmp_path / "again/config.json").read_text())["activation_function"] == "gelu_new"
+    assert fuse_gelu(plain) is plain

@@ -107,7 +107,20 @@ def build_model(tokenizer: PreTrainedTokenizerBase, size: str = "tiny", arch: st
     else:
         raise ValueError(f"unknown architecture {arch!r}; choose 'llama' or 'gpt2'")
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config).to(distributed.device())
+    return fuse_gelu(AutoModelForCausalLM.from_config(config)).to(distributed.device())
+
+
+def fuse_gelu(model: torch.nn.Module) -> torch.nn.Module:
+    """Swap GPT-2's ``gelu_new`` (five elementwise ops in Python) for torch's fused tanh GELU, the same
+    function (transformers' ``GELUTanh``: equal up to float rounding) at a fraction of the time. The
+    saved config is untouched, so a model reloads as it was."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, NewGELUActivation):
+                setattr(module, name, GELUTanh())
+    return model
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
@@ -127,7 +140,7 @@ def load_policy(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[P
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path}: no model here (expected a save_pretrained directory with config.json)")
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
-    return model.to(distributed.device()), load_tokenizer(path)
+    return fuse_gelu(model).to(distributed.device()), load_tokenizer(path)
 
 
 def add_lora(model: PreTrainedModel, r: int = 8, alpha: int = 16, dropout: float = 0.0) -> PreTrainedModel:
@@ -222,7 +235,7 @@ def build_reward_model(policy_dir: str | Path, seed: int = 0) -> tuple[RewardMod
     model.config.pad_token_id = tokenizer.pad_token_id
     with torch.no_grad():
         model.score.weight.normal_(0.0, 1.0 / (model.config.hidden_size + 1) ** 0.5)
-    return RewardModel(model.to(distributed.device())), tokenizer
+    return RewardModel(fuse_gelu(model).to(distributed.device())), tokenizer
 
 
 def load_reward_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[RewardModel, PreTrainedTokenizerBase]:
@@ -234,4 +247,4 @@ def load_reward_model(path: str | Path, dtype: torch.dtype = torch.float32) -> t
     model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype, local_files_only=True)
     if model.config.num_labels != 1:
         raise ValueError(f"{path}: not a reward model (num_labels = {model.config.num_labels}, expected 1)")
-    return RewardModel(model.to(distributed.device())).eval(), load_tokenizer(path)
+    return RewardModel(fuse_gelu(model).to(distributed.device())).eval(), load_tokenizer(path)
