@@ -61,11 +61,16 @@ def shape_of(config: dict) -> Shape:
     return Shape(params, backbone, cfg.vocab_size, hidden, layers, heads, mlp, cfg.model_type in GATED)
 
 
-def load_shape(model_dir: str | Path) -> Shape:
-    path = Path(model_dir) / "config.json"
+def load_shape(model: str | Path) -> Shape:
+    """The shape of a saved model's directory (its config.json) or of a config.json file."""
+    path = Path(model)
+    path = path if path.is_file() else path / "config.json"
     if not path.exists():
-        raise FileNotFoundError(f"{model_dir}: no config.json (a save_pretrained directory is expected)")
-    return shape_of(json.loads(path.read_text()))
+        raise FileNotFoundError(f"{model}: no config.json (a save_pretrained directory or a config file is expected)")
+    try:
+        return shape_of(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a JSON config ({e})") from None
 
 
 def estimate(
@@ -104,9 +109,8 @@ def estimate(
     return out
 
 
-def table(shape: Shape, batch_size: int, seq_len: int, **kw) -> str:
-    """A markdown table: one row per trainer, one column per component, in GiB."""
-    rows = {t: estimate(shape, t, batch_size, seq_len, **kw) for t in TRAINERS}
+def table(rows: dict[str, dict[str, int]]) -> str:
+    """A markdown table of estimates (trainer -> :func:`estimate`'s dict): one column per component, in GiB."""
     cols = list(next(iter(rows.values())))
     lines = ["| trainer | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for t, r in rows.items():

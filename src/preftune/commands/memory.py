@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from ..config import MemoryConfig
-from ..memory import TRAINERS, estimate, load_shape, shape_of, table
+from ..memory import TRAINERS, estimate, load_shape, table
 
 
 def memory(cfg: MemoryConfig) -> dict:
-    path = Path(cfg.model)
-    if path.is_file():
-        try:
-            shape = shape_of(json.loads(path.read_text()))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not a JSON config ({e})") from None
-    else:
-        shape = load_shape(path)
+    shape = load_shape(cfg.model)
     kw = dict(
         precision=cfg.precision,
         processes=cfg.processes,
@@ -30,6 +22,6 @@ def memory(cfg: MemoryConfig) -> dict:
     if cfg.json:
         print(json.dumps({"params": shape.params, **result}))
     else:
-        print(f"{path}: {shape.params / 1e6:,.1f}M parameters; GiB per process, batch {cfg.batch_size} × {cfg.seq_len} tokens")
-        print(table(shape, cfg.batch_size, cfg.seq_len, **kw))
+        print(f"{cfg.model}: {shape.params / 1e6:,.1f}M parameters; GiB per process, batch {cfg.batch_size} × {cfg.seq_len} tokens")
+        print(table(result))
     return result
