@@ -27,7 +27,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from . import distributed
-from .logprobs import position_ids
+from .logprobs import packing_for, run_model
 
 # Loading a local tiny model needs no progress bar, and a reward model's fresh head is expected.
 hf_logging.set_verbosity_error()
@@ -222,9 +222,9 @@ class RewardModel(torch.nn.Module):
     def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         device = self.model.score.weight.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        return self.model.base_model(
-            input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=position_ids(attention_mask), use_cache=False
-        ).last_hidden_state  # (B, T, H)
+        packing = packing_for(self.model, attention_mask)
+        hidden = run_model(self.model.base_model, input_ids, attention_mask, packing).last_hidden_state
+        return hidden if packing is None else packing.unpack(hidden)  # (B, T, H)
 
 
 def build_reward_model(policy_dir: str | Path, seed: int = 0) -> tuple[RewardModel, PreTrainedTokenizerBase]:

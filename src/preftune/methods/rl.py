@@ -259,10 +259,10 @@ class RLHF:
         assert self._current is not None, "the loop asks for an epoch's batches before their losses"
         epoch = self._current[0]
         rows = self._current[1].rows(torch.tensor(idx)).to(model_device(model))
-        lp = completion_logps(model, Batch(rows.input_ids, rows.attention_mask, rows.completion_mask), self.temperature, keep_logits=True)
+        lp = completion_logps(model, Batch(rows.input_ids, rows.attention_mask, rows.completion_mask), self.temperature, entropy=True)
         total, count, metrics = self.algorithm.loss(lp, rows)
         with torch.no_grad():
-            metrics["entropy"] = float(losses.token_entropy(lp.logits, self.temperature)[lp.mask].mean())
+            metrics["entropy"] = float(lp.entropy[lp.mask].mean())
             metrics["approx_kl"] = float(losses.kl_k3(lp.token_logps, rows.old_logps)[lp.mask].mean())  # k3 of π_new against π_old
         if self.ptx and self.cfg.ptx_coef > 0:
             total, metrics["ptx_nll"] = self._with_ptx(model, total, count, f"{epoch}-{int(idx[0])}", len(idx))
