@@ -301,11 +301,18 @@ class MemoryConfig:
     json: bool = doc(False, "print one JSON object (bytes) instead of the table (GiB)")
 
 
+WORKERS_HELP = (
+    "policies train in this many processes at once, one thread each, output in OUT/NAME/train.log"
+    " (0: one per core; 1: one after another in this process, on every core)"
+)
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     out: str = doc("runs/demo", "directory for data, models, results.json and report.html")
     quick: bool = doc(False, "a much smaller run (a couple of minutes) for smoke tests")
     seed: int = doc(0, "seed for the world, training and sampling")
+    workers: int = doc(0, WORKERS_HELP)
 
 
 @dataclass(frozen=True)
@@ -313,6 +320,7 @@ class ExperimentConfig:
     file: str = doc("", "experiment file (YAML), e.g. configs/frontier.yaml", positional=True, required=True)
     out: str = doc("", "output directory (default: the file's 'out')")
     quick: bool = doc(False, "run at the quick demo's scale")
+    workers: int = doc(0, WORKERS_HELP)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from .. import distributed
@@ -18,16 +19,23 @@ def _one_process(command: str) -> None:
     prepare()
 
 
+def workers(cfg: DemoConfig | ExperimentConfig) -> int:
+    """``--workers``, 0 meaning one per core."""
+    if cfg.workers < 0:
+        raise ValueError(f"--workers {cfg.workers}: expected 0 (one per core) or a positive count")
+    return cfg.workers or os.cpu_count() or 1
+
+
 def demo(cfg: DemoConfig) -> dict:
     """The demo's experiment file (``preftune/experiments/demo.yaml`` = ``configs/demo.yaml``)."""
     _one_process("demo")
-    return run(cfg.out, {**load_spec(DEMO_FILE, cfg.quick), "seed": cfg.seed}, to_dict(cfg))
+    return run(cfg.out, {**load_spec(DEMO_FILE, cfg.quick), "seed": cfg.seed}, to_dict(cfg), workers(cfg))
 
 
 def experiment(cfg: ExperimentConfig) -> dict:
     _one_process("experiment")
     spec = load_spec(cfg.file, cfg.quick)
-    return run(cfg.out or spec.get("out") or f"runs/{Path(cfg.file).stem}", spec, {"file": str(cfg.file), **spec})
+    return run(cfg.out or spec.get("out") or f"runs/{Path(cfg.file).stem}", spec, {"file": str(cfg.file), **spec}, workers(cfg))
 
 
 def report(cfg: ReportConfig) -> Path:

@@ -61,15 +61,26 @@ def load_spec(path: str | Path, quick: bool = False) -> dict:
     return spec
 
 
-def run(out: str | Path, spec: dict, source: dict | None = None) -> dict:
-    """Run the experiments of a loaded spec into ``out``; writes results.json and report.html."""
+def run(out: str | Path, spec: dict, source: dict | None = None, workers: int = 1) -> dict:
+    """Run the experiments of a loaded spec into ``out``; writes results.json and report.html.
+
+    Every experiment first asks for the policies it trains (with ``workers`` > 1, queued on that
+    many worker processes), then each in turn evaluates its own (see :class:`Pipeline`)."""
     t0 = time.perf_counter()
-    p = Pipeline(out, int(spec.get("seed", 0)), spec["pipeline"])
+    p = Pipeline(out, int(spec.get("seed", 0)), spec["pipeline"], workers=workers)
     res: dict[str, Any] = {"preftune": __version__, "config": source or {}, "policies": {}, "claims": {}}
     p.sft()
-    for name, params in spec["experiments"].items():
-        print(f"\n=== {name} ===")
-        RUNNERS[name](p, res, params or {})
+    try:
+        experiments = {name: RUNNERS[name](p, res, params or {}) for name, params in spec["experiments"].items()}
+        for name, steps in experiments.items():
+            print(f"\n=== {name}: training ===")
+            next(steps, None)
+        for name, steps in experiments.items():
+            print(f"\n=== {name} ===")
+            for _ in steps:
+                pass
+    finally:
+        p.close()
     if "sft" not in res["policies"]:
         res["policies"]["sft"] = p.evaluate("sft")
     res["heldout_prompts"] = len(p.heldout())

@@ -9,13 +9,19 @@ inputs resumes from its checkpoint; anything else is rebuilt.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import multiprocessing
+import os
 import shutil
 import time
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..commands.dpo import dpo
 from ..commands.reward import reward
@@ -78,24 +84,47 @@ def _made_from(out: Path, cfg, digest: str) -> bool:
     return all(old.get(k) == v for k, v in to_dict(cfg).items())
 
 
-def run_stage(name: str, stage, cfg, inputs: list[str], timings: dict) -> bool:
-    """Run a training stage unless its output is fresh; returns True if it ran. A run interrupted
-    with the same config and inputs resumes from its checkpoint; anything else is removed."""
-    s = time.perf_counter()
+def _reset_stage(name: str, cfg, inputs: list[str]):
+    """``cfg`` ready to run the stage (resuming an interrupted run with the same config and inputs;
+    anything else in its directory removed), or None if its output is fresh."""
     out = Path(cfg.train.out)
     digest = _digest(inputs)
     resumable = _made_from(out, cfg, digest)
     if resumable and (out / "config.json").exists():  # finished: save_model moves config.json in last
         print(f"{name}: reusing {out} (same config and inputs)")
-        return False
+        return None
     if not resumable:
         shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").unlink(missing_ok=True)  # not fresh until the stage finishes again
     (out / "inputs.sha256").write_text(digest)
-    stage(replace(cfg, train=replace(cfg.train, resume=resumable)))
-    timings[name] = round(time.perf_counter() - s, 1)
-    (out / "wall_seconds").write_text(str(timings[name]))
+    return replace(cfg, train=replace(cfg.train, resume=resumable))
+
+
+def _timed(stage, cfg, log: str | None = None) -> float:
+    """Run a stage; its output goes to ``log`` when given (a worker's). Returns its wall seconds."""
+    s = time.perf_counter()
+    if log is None:
+        stage(cfg)
+    else:
+        with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+            stage(cfg)
+    return round(time.perf_counter() - s, 1)
+
+
+def _worker_start() -> None:
+    """Each worker process: one thread, so that workers sharing the cores do not oversubscribe them."""
+    os.environ["PREFTUNE_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+
+def run_stage(name: str, stage, cfg, inputs: list[str], timings: dict) -> bool:
+    """Run a training stage in this process unless its output is fresh; returns True if it ran."""
+    ready = _reset_stage(name, cfg, inputs)
+    if ready is None:
+        return False
+    timings[name] = _timed(stage, ready)
+    (Path(cfg.train.out) / "wall_seconds").write_text(str(timings[name]))
     return True
 
 
@@ -104,10 +133,19 @@ class Pipeline:
 
     ``settings`` is the experiment file's ``pipeline:`` section: per stage (world, pretrain, sft,
     sample, reward, rl, dpo), overrides of that command's config.
+
+    With ``workers`` > 1, policies (:meth:`rl_policy`, :meth:`dpo_policy`) train in that many
+    worker processes at once, one thread each, their output in ``OUT/NAME/train.log``; from the
+    first one queued, this process also runs with one thread. :meth:`wait` (and :meth:`evaluate`)
+    waits for one. Every stage then runs single-threaded whatever the number of workers, so results
+    do not depend on it; ``workers`` = 1 runs everything here, one after another, on every thread.
     """
 
-    def __init__(self, out: str | Path, seed: int, settings: dict[str, dict]):
+    def __init__(self, out: str | Path, seed: int, settings: dict[str, dict], workers: int = 1):
         self.out, self.seed, self.settings = Path(out), seed, settings
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+        self._queued: dict[str, Future | None] = {}  # policies asked for: a worker's future, None once done
         self.timings: dict[str, float] = {}
         self._files: dict[str, Path] | None = None
         self._ref = None
@@ -190,16 +228,53 @@ class Pipeline:
         return self._train(self.config("dpo", DPOConfig(model=self.path("sft"), data=data), changes), name)
 
     def rl_policy(self, name: str, reward_dir: str, changes: dict | None = None) -> RLConfig:
-        """Train (or reuse) an RL policy at ``OUT/name``; returns its config."""
+        """Train (or reuse, or queue on a worker) an RL policy at ``OUT/name``; returns its config."""
         cfg = self.rl_config(name, reward_dir, changes)
-        run_stage(name, rl, cfg, [str(self.files["prompts"]), self.sft(), reward_dir], self.timings)
+        self._policy(name, rl, cfg, [str(self.files["prompts"]), self.sft(), reward_dir])
         return cfg
 
     def dpo_policy(self, name: str, data: str, changes: dict | None = None) -> DPOConfig:
-        """Train (or reuse) a DPO-family policy at ``OUT/name``; returns its config."""
+        """Train (or reuse, or queue on a worker) a DPO-family policy at ``OUT/name``; returns its config."""
         cfg = self.dpo_config(name, data, changes)
-        run_stage(name, dpo, cfg, [data, self.sft()], self.timings)
+        self._policy(name, dpo, cfg, [data, self.sft()])
         return cfg
+
+    def _policy(self, name: str, stage, cfg, inputs: list[str]) -> None:
+        if name in self._queued:  # asked for twice (the frontier's default-β point is the methods table's run)
+            return
+        if self.workers <= 1:
+            run_stage(name, stage, cfg, inputs, self.timings)
+            self._queued[name] = None
+            return
+        ready = _reset_stage(name, cfg, inputs)
+        if ready is None:
+            self._queued[name] = None
+            return
+        if self._pool is None:
+            torch.set_num_threads(1)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start)
+        log = Path(cfg.train.out) / "train.log"
+        future = self._pool.submit(_timed, stage, ready, str(log))
+        future.add_done_callback(
+            lambda f: print(f"  {name}: " + (f"trained in {f.result()} s" if not f.exception() else f"failed (see {log})"))
+        )
+        self._queued[name] = future
+        print(f"{name}: queued (log {log})")
+
+    def wait(self, name: str) -> None:
+        """Wait for a policy queued on a worker (nothing to wait for otherwise)."""
+        future = self._queued.get(name)
+        if future is None:
+            return
+        self._queued[name] = None
+        self.timings[name] = future.result()
+        (self.out / name / "wall_seconds").write_text(str(self.timings[name]))
+
+    def close(self) -> None:
+        """Stop the workers (cancelling queued runs if this is an early exit)."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
 
     # -- evaluation -------------------------------------------------------------------------
 
@@ -216,6 +291,7 @@ class Pipeline:
     def evaluate(self, name: str, samples: list[Sample] | None = None, kl: float | None = None, wall: float | None = None) -> dict:
         """Held-out metrics of one policy (its directory ``OUT/name``, or given samples), cached by
         the model's digest so unchanged policies are not re-sampled."""
+        self.wait(name)
         ref_model, tok, ref_samples = self.reference()
         cache = self.out / "eval" / f"{name}.json"
         key = _digest([self.path(name)]) if samples is None else None

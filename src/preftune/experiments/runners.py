@@ -1,6 +1,10 @@
 """The lecture's experiments on the built-in world. Each takes the shared :class:`Pipeline`, the
 results dict to fill and its settings from the experiment file. Every sentence of the report that
 states a result is decided here, in ``res["claims"]``.
+
+Each is a generator: up to its ``yield`` it asks for the policies it needs (queued on the
+pipeline's workers, if it has any), after it evaluates them. :func:`preftune.experiments.run` runs
+every experiment up to its ``yield`` before any goes on, so all their training shares the workers.
 """
 
 from __future__ import annotations
@@ -35,21 +39,22 @@ def _diff(a: dict, b: dict, seed: int) -> dict:
 def methods(p: Pipeline, res: dict, params: dict) -> None:
     """The headline table: every method from the same pi_SFT, comparisons and reward model."""
     rm_dir, rm_eval = p.reward_model()
+    pairs = p.labels("comparisons", "pairs")
+    rl_cfgs = {algo: p.rl_policy(algo, rm_dir, {"algo": algo, **c}) for algo, c in _named(params.get("rl", RL_METHODS)).items()}
+    dpo_cfgs = {loss: p.dpo_policy(loss, pairs, {"loss": loss, **c}) for loss, c in _named(params.get("dpo", DPO_METHODS)).items()}
+    yield
     res["reward_model"] = {
         k: rm_eval[k] for k in ("accuracy", "bayes_optimal_accuracy", "accuracy_over_bayes", "spearman_gold", "held_out_pairs")
     }
-    pairs = p.labels("comparisons", "pairs")
     pol = res["policies"]
     pol["base"] = p.evaluate("base")
     pol["demonstrator"] = p.demonstrator()
     pol["sft"] = p.evaluate("sft")
     n = int(params.get("best_of_n", 16))
     pol["best-of-n"] = {**p.best_of_n(rm_dir, n), "n_samples": n}
-    for algo, changes in _named(params.get("rl", RL_METHODS)).items():
-        cfg = p.rl_policy(algo, rm_dir, {"algo": algo, **changes})
+    for algo, cfg in rl_cfgs.items():
         pol[algo] = {**p.evaluate(algo), "beta": cfg.beta}
-    for loss, changes in _named(params.get("dpo", DPO_METHODS)).items():
-        cfg = p.dpo_policy(loss, pairs, {"loss": loss, **changes})
+    for loss, cfg in dpo_cfgs.items():
         pol[loss] = {**p.evaluate(loss), "beta": None if loss == "unlikelihood" else cfg.beta}
     demo_, sft_ = pol["demonstrator"], pol["sft"]
     claims = res["claims"]
@@ -69,9 +74,8 @@ def frontier(p: Pipeline, res: dict, params: dict) -> None:
     """Gold reward against KL to pi_SFT, several β per method (the DPO paper's figure 2)."""
     rm_dir, _ = p.reward_model()
     pairs = p.labels("comparisons", "pairs")
-    points = res.setdefault("frontier", {})
+    runs = []
     for method, betas in params.items():
-        points[method] = []
         for beta in betas:
             default = p.dpo_config(method, pairs).beta if method == "dpo" else p.rl_config(method, rm_dir, {"algo": method}).beta
             name = method if float(beta) == default else f"{method}-beta{beta:g}"  # the default-β point is the methods table's run
@@ -79,10 +83,14 @@ def frontier(p: Pipeline, res: dict, params: dict) -> None:
                 p.dpo_policy(name, pairs, {"beta": float(beta)})
             else:
                 p.rl_policy(name, rm_dir, {"algo": method, "beta": float(beta)})
-            m = p.evaluate(name)
-            points[method].append(
-                {"beta": float(beta), "gold": m["gold"], "gold_ci95": m["gold_ci95"], "kl": m["kl"], "kl_ci95": m["kl_ci95"]}
-            )
+            runs.append((method, float(beta), name))
+    yield
+    points = res.setdefault("frontier", {})
+    for method, beta, name in runs:
+        m = p.evaluate(name)
+        points.setdefault(method, []).append(
+            {"beta": beta, "gold": m["gold"], "gold_ci95": m["gold_ci95"], "kl": m["kl"], "kl_ci95": m["kl_ci95"]}
+        )
     best = {m: max(v, key=lambda r: r["gold"]) for m, v in points.items()}
     res["claims"]["frontier_best"] = {m: {"beta": r["beta"], "gold": r["gold"], "kl": r["kl"]} for m, r in best.items()}
 
@@ -112,10 +120,14 @@ def overoptimisation(p: Pipeline, res: dict, params: dict) -> None:
     changes = {"algo": algo, **({"iterations": int(params["iterations"])} if "iterations" in params else {})}
     if "lr" in params:  # the demo uses 1e-3: over-optimisation within its budget
         changes["train"] = {"lr": float(params["lr"])}
-    runs = []
+    names = {}
     for beta in (0.0, p.rl_config("overopt", rm_dir).beta):
-        name = f"overopt/{algo}-beta{beta:g}"
-        iterations = p.rl_policy(name, rm_dir, {**changes, "beta": beta}).iterations
+        names[beta] = f"overopt/{algo}-beta{beta:g}"
+        iterations = p.rl_policy(names[beta], rm_dir, {**changes, "beta": beta}).iterations
+    yield
+    runs = []
+    for beta, name in names.items():
+        p.wait(name)
         rows = [json.loads(line) for line in (p.out / name / "iterations.jsonl").read_text().splitlines()]
         curve = [{"iteration": r["iteration"], "kl": r["kl"], "proxy": r["score"], "gold": r["gold"]} for r in rows]
         runs.append({"beta": beta, "curve": curve, "summary": _overoptimisation_summary(curve)})
@@ -152,6 +164,9 @@ def diverse(p: Pipeline, res: dict, params: dict) -> None:
     changes = {"train": {"epochs": float(params["epochs"])}} if "epochs" in params else {}
     p.dpo_policy("diverse/pooled", pooled, changes)
     p.dpo_policy("diverse/conditioned", str(tagged), changes)
+    yield
+    p.wait("diverse/pooled")
+    p.wait("diverse/conditioned")
     table = [row for policy in ("sft", "diverse/pooled", "diverse/conditioned") for row in _group_utilities(p, policy, p.heldout())]
     res["diverse"] = {"minority_share": share, "rows": table}
     get = {(r["policy"], r["group"]): r["utility"] for r in table}
