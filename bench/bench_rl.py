@@ -4,7 +4,8 @@
 
 - ``rloo`` / ``grpo`` (bench_rloo.py): 8 prompts × 4 samples per step, 48 new tokens, temperature 1,
   reward = the count of "great" in the completion, one optimiser step per rollout batch; β 0.05 for
-  RLOO (a KL penalty against a frozen reference), 0 for GRPO (TRL's defaults); lr 1e-6.
+  RLOO (a KL penalty against a frozen reference), 0 for GRPO (TRL's defaults; like TRL, no reference
+  then: ``--no-track-kl``); lr 1e-6.
 - ``ppo`` (bench_ppo.py, TRL 1.12): 32 prompts × 1 sample per update, 48 new tokens, 4 PPO epochs of one
   minibatch, β 0.05, lr 3e-6; reward and value model = the GPT-2 backbone with a random scalar head.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import tempfile
 import time
 from dataclasses import replace
@@ -76,6 +78,7 @@ def main() -> None:
             k=k,
             beta=beta,
             eos_penalty=0.0,
+            track_kl=beta > 0,  # TRL's GRPO at β = 0 loads no reference and runs no reference pass; neither do we
             update_epochs=epochs,
             train=TrainConfig(
                 out=tmp, lr=lr, batch_size=rows, warmup=0.0, schedule="constant", save_every=0, progress=False, dropout=False
@@ -84,8 +87,7 @@ def main() -> None:
             tokens=TokenConfig(max_length=128, max_prompt_length=64),
         )
         policy, tokenizer = load_policy(cfg.model)
-        reference, _ = load_policy(cfg.model)
-        reference.requires_grad_(False).eval()
+        reference = load_policy(cfg.model)[0].requires_grad_(False).eval() if cfg.track_kl else None
         scorer = Scorer(reward) if a.algo == "ppo" else CountGreat()
         algorithm = build_algorithm(cfg)
         method = RLHF(cfg, algorithm, policy, tokenizer, reference, scorer, load_prompts(cfg.prompts))
@@ -101,6 +103,12 @@ def main() -> None:
     timed = range(WARMUP, a.iterations)
     wall = stamps[a.iterations * per_iteration] - stamps[WARMUP * per_iteration]
     generate = sum(done[i]["sample_s"] for i in timed)
+    # Model FLOPs per rollout token: 2·P to generate it, 2·P for the reference, 6·P per update epoch;
+    # PPO adds the reward model (2·P), the value model at rollout time (2·P) and its updates (6·P each).
+    P = n_params(policy)
+    per_token = 2 * P + 2 * P * cfg.track_kl + 6 * P * epochs + (2 * P + 2 * P + 6 * P * epochs if a.algo == "ppo" else 0)
+    prompt_tokens = statistics.fmean(min(len(tokenizer(q)["input_ids"]), 64) for q in load_prompts(cfg.prompts))
+    tokens = sum(rows * (prompt_tokens + done[i]["length"]) for i in timed)
     print(
         json.dumps(
             {
@@ -111,7 +119,8 @@ def main() -> None:
                 "rest_s_timed": wall - generate,
                 "timed_iterations": len(timed),
                 "rollouts_per_iteration": rows,
-                "params_policy": n_params(policy),
+                "params_policy": P,
+                "model_gflops_per_s": per_token * tokens / wall / 1e9,
                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "final_score": done[a.iterations - 1]["score"],
             }

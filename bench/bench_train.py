@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,7 +35,7 @@ from preftune.loop import train
 from preftune.methods.dpo import DirectPreference, PairData, preference_loss, reference_logps
 from preftune.methods.reward import RewardTraining, to_units
 from preftune.methods.sft import SFT
-from preftune.models import build_reward_model, load_policy
+from preftune.models import build_reward_model, load_policy, n_params
 
 TRL = {"sft": 41.6, "reward": 32.5, "dpo": 17.0}  # examples (or pairs) per second, workload README
 WARMUP = 2
@@ -72,9 +73,9 @@ def main() -> None:
     for f in (root / "tok").iterdir():
         if not (model_dir / f.name).exists():
             (model_dir / f.name).write_bytes(f.read_bytes())
-    results, only, precisions = {}, a.only.split(","), a.precision.split(",")
+    results, gflops, only, precisions = {}, {}, a.only.split(","), a.precision.split(",")
     for precision in precisions:
-        results[precision] = run_benches(root, model_dir, only, a.steps, a.batch, precision)
+        results[precision], gflops[precision] = run_benches(root, model_dir, only, a.steps, a.batch, precision)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     both = len(precisions) == 2
     print(f"{'bench':<8} {'precision':<9} {'preftune /s':>12} {'TRL /s':>8} {'ratio':>6}" + (f" {'bf16/fp32':>10}" if both else ""))
@@ -83,26 +84,32 @@ def main() -> None:
             extra = f" {results['bf16'][k] / results['fp32'][k]:>10.2f}" if both and p == "bf16" else ""
             print(f"{k:<8} {p:<9} {v:>12.1f} {TRL[k]:>8.1f} {v / TRL[k]:>6.2f}{extra}")
     print(f"peak RSS of this process (all benches): {peak:.0f} MiB")
-    line = {"examples_per_s": results, "trl_recorded_fp32": TRL, "peak_rss_mib": peak}
+    line = {"examples_per_s": results, "model_gflops_per_s": gflops, "trl_recorded_fp32": TRL, "peak_rss_mib": peak}
     if both:
         line["bf16_over_fp32"] = {k: results["bf16"][k] / results["fp32"][k] for k in results["fp32"]}
     print(json.dumps(line))
 
 
-def run_benches(root: Path, model_dir: Path, only: list[str], steps: int, batch: int, precision: str) -> dict[str, float]:
-    results = {}
+def run_benches(root: Path, model_dir: Path, only: list[str], steps: int, batch: int, precision: str) -> tuple[dict, dict]:
+    """Examples (or pairs) per second per bench, and the model FLOP/s (GFLOP/s) they mean: 6 × parameters
+    × real tokens per example for training, 2 × parameters × tokens for DPO's reference pass."""
+    results, flops = {}, {}
     if "sft" in only:
         model, tok = load_policy(model_dir)
         data = [encode(tok, r.prompt, r.completion, 128) for r in load_sft(root / "sft.jsonl")]
         results["sft"] = timed(model, SFT(data, tok.pad_token_id, batch, 0), steps, batch, 2e-5, precision, dropout=True)
+        flops["sft"] = 6 * n_params(model) * statistics.fmean(len(e.input_ids) for e in data)
     if "reward" in only:
         rm, tok = build_reward_model(model_dir)
         recs = [r for r in load_comparisons(root / "pref.jsonl") if isinstance(r, Comparison)]
         units = to_units(recs, tok, 128, 64, use_strength=False)
         results["reward"] = timed(rm, RewardTraining(units, [], tok.pad_token_id, batch, 0), steps, batch, 1e-4, precision, dropout=False)
+        flops["reward"] = 6 * n_params(rm) * _pair_tokens(tok, recs, 128)
     if "dpo" in only:
         model, tok = load_policy(model_dir)
-        pairs = to_pairs(load_comparisons(root / "pref.jsonl")[: steps * batch], tok, TokenConfig(max_length=96, max_prompt_length=64))
+        recs = load_comparisons(root / "pref.jsonl")[: steps * batch]
+        pairs = to_pairs(recs, tok, TokenConfig(max_length=96, max_prompt_length=64))
+        flops["dpo"] = (6 + 2) * n_params(model) * _pair_tokens(tok, recs, 96)  # training, and the reference pass
         t0 = time.perf_counter()
         pairs = reference_logps(model, pairs, tok.pad_token_id, False)  # once, before training (counted below)
         ref_s = time.perf_counter() - t0
@@ -111,7 +118,15 @@ def run_benches(root: Path, model_dir: Path, only: list[str], steps: int, batch:
         )
         pps = timed(model, method, steps, batch, 1e-6, precision, dropout=False)
         results["dpo"] = 1.0 / (1.0 / pps + ref_s / len(pairs))  # the reference pass charged to the timed steps, pro rata
-    return results
+    return results, {k: flops[k] * results[k] / 1e9 for k in results}
+
+
+def _pair_tokens(tok, recs, max_length: int) -> float:
+    """Mean real tokens of a pair: chosen and rejected, each with its prompt."""
+    return statistics.fmean(
+        len(encode(tok, r.prompt, r.chosen, max_length, 64).input_ids) + len(encode(tok, r.prompt, r.rejected, max_length, 64).input_ids)
+        for r in recs
+    )
 
 
 if __name__ == "__main__":

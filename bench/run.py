@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+PEAK_GFLOPS = 196.0  # this machine's fp32 matmul peak, 2 threads (torch, 2048²; the workload's README)
 BENCHES = ("sft", "reward", "dpo", "rloo", "ppo", "grpo")
 UNIT = {"sft": "examples/s", "reward": "pairs/s", "dpo": "pairs/s", "rloo": "rollouts/s", "ppo": "rollouts/s", "grpo": "rollouts/s"}
 TRL_SCRIPT = {
@@ -52,9 +53,9 @@ def run(cmd: list[str], env: dict, cwd: Path | None = None) -> dict:
 def preftune(bench: str, assets: Path, env: dict) -> tuple[float, float]:
     if bench in ("sft", "reward", "dpo"):
         line = run([sys.executable, str(HERE / "bench_train.py"), "--only", bench, "--assets", str(assets)], env)
-        return line["examples_per_s"]["fp32"][bench], line["peak_rss_mib"]
+        return line["examples_per_s"]["fp32"][bench], line["peak_rss_mib"], line["model_gflops_per_s"]["fp32"][bench]
     line = run([sys.executable, str(HERE / "bench_rl.py"), "--algo", bench, "--assets", str(assets)], env)
-    return line["rollouts_per_s"], line["peak_rss_mib"]
+    return line["rollouts_per_s"], line["peak_rss_mib"], line["model_gflops_per_s"]
 
 
 def trl(bench: str, anchor: Path, workload: Path, assets: Path, env: dict) -> tuple[float, float]:
@@ -115,6 +116,7 @@ def main() -> None:
             "ratio": statistics.median(ratios) if ratios else None,
             "preftune_rss_mib": med(r["preftune"], 1),
             "trl_rss_mib": med(r["trl"], 1),
+            "preftune_peak_fraction": med(r["preftune"], 2) / PEAK_GFLOPS,
             "passes": {"preftune": [x[0] for x in r["preftune"]], "trl": [x[0] for x in r["trl"]]},
         }
     meta = {
@@ -138,17 +140,21 @@ def table(result: dict) -> str:
         f"preftune vs TRL, same run: {result['date']}, {result['machine']}, commit {result['commit']}, "
         f"median of {result['passes']} passes, fp32, 2 threads",
         "",
-        "| bench | unit | preftune | TRL | ratio | preftune peak RSS MiB | TRL peak RSS MiB |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| bench | unit | preftune | TRL | ratio | preftune peak RSS MiB | TRL peak RSS MiB | preftune % of fp32 peak |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for b, r in result["benches"].items():
         f = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
         lines.append(
             f"| {b} | {r['unit']} | {r['preftune']:.2f} | {f(r['trl'], '.2f')} | {f(r['ratio'], '.2f')} "
-            f"| {r['preftune_rss_mib']:.0f} | {f(r['trl_rss_mib'], '.0f')} |"
+            f"| {r['preftune_rss_mib']:.0f} | {f(r['trl_rss_mib'], '.0f')} | {f(r.get('preftune_peak_fraction'), '.0%')} |"
         )
     if not result["trl"]:
         lines.append("no TRL environment (--no-anchor): the ratios are missing")
+    lines.append(
+        f"\n% of fp32 peak: model FLOP/s over {PEAK_GFLOPS:.0f} GFLOP/s (this CPU, 2 threads) — 6 × parameters × real tokens per"
+        " second trained, 2 × parameters per token of a forward pass (DPO's reference; RL's generation, reference, reward and value passes)."
+    )
     return "\n".join(lines)
 
 

@@ -209,9 +209,30 @@ def test_a_resumed_run_equals_an_uninterrupted_one(world_dir, algo, monkeypatch)
     assert rows(world_dir / "whole") == rows(world_dir / "cut")
 
 
+@pytest.mark.slow
+def test_untracked_kl_at_beta_zero_trains_the_same_policy_without_a_reference(world_dir, monkeypatch):
+    """β = 0: the KL touches neither rewards nor GRPO's loss, so --no-track-kl (no reference loaded,
+    no reference pass) gives bit-identical weights and scores; only the KL columns are gone."""
+    rl.rl(_cfg(world_dir, "grpo", world_dir / "tracked", beta=0.0))
+    loads = []
+    real_load = rl.load_policy
+    monkeypatch.setattr(rl, "load_policy", lambda *a, **kw: loads.append(a) or real_load(*a, **kw))
+    rl.rl(_cfg(world_dir, "grpo", world_dir / "untracked", beta=0.0, track_kl=False))
+    assert len(loads) == 1  # the policy only
+    a, b = load_file(str(world_dir / "tracked/model.safetensors")), load_file(str(world_dir / "untracked/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    tracked, untracked = (
+        [json.loads(x) for x in (world_dir / d / "iterations.jsonl").read_text().splitlines()] for d in ("tracked", "untracked")
+    )
+    assert [r["score"] for r in tracked] == [r["score"] for r in untracked]
+    assert all(r["kl"] is None and r["kl_k3"] is None for r in untracked) and tracked[-1]["kl"] > 0
+
+
 def test_bad_settings_fail_clearly(world_dir):
     with pytest.raises(ValueError, match="rloo needs --k 2"):
         rl.rl(replace(_cfg(world_dir, "rloo", world_dir / "x"), k=1))
+    with pytest.raises(ValueError, match="--no-track-kl needs --beta 0"):
+        rl.rl(replace(_cfg(world_dir, "grpo", world_dir / "x"), track_kl=False))
     with pytest.raises(ValueError, match="--reward is required"):
         Scorer("")
 

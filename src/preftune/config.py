@@ -243,6 +243,10 @@ class RLConfig:
     beta: float = doc(0.1, "KL coefficient β: in the reward, or grpo's KL loss term (0 = no leash)")
     kl_estimator: str = doc("k1", "per-token KL estimate in the reward: k1 = log π/π_ref, k3 = (r-1) - log r", choices=("k1", "k3"))
     target_kl: float = doc(0.0, "adaptive KL controller: the sequence KL to steer to (0 = fixed β)")
+    track_kl: bool = doc(
+        True,
+        "measure the KL to pi_SFT every iteration (a reference forward per rollout); --no-track-kl, only with --beta 0: no reference at all",
+    )
     kl_horizon: int = doc(10000, "adaptive KL controller horizon, in sequences")
     eos_penalty: float = doc(1.0, "subtracted from the score of a completion that never emits EOS")
     whiten_rewards: bool = doc(False, "whiten the scores over each rollout batch (before the KL penalty)")

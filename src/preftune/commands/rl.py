@@ -31,11 +31,12 @@ def rl(cfg: RLConfig) -> Path:
         raise ValueError(f"--prompts-per-iter {cfg.prompts_per_iter} is fewer than the {distributed.world_size()} processes sharing them")
     if cfg.ptx_coef > 0 and not cfg.ptx_data:
         raise ValueError("--ptx-coef needs --ptx-data")
+    if not cfg.track_kl and (cfg.beta != 0 or cfg.target_kl > 0):
+        raise ValueError(f"--no-track-kl needs --beta 0 and no --target-kl: a KL leash needs the reference (got β {cfg.beta})")
     out = Path(cfg.train.out)
     policy, tokenizer = load_policy(cfg.model)
     frozen = torch.bfloat16 if cfg.frozen_precision == "bf16" else torch.float32
-    reference, _ = load_policy(cfg.model, dtype=frozen)
-    reference.requires_grad_(False).eval()
+    reference = load_policy(cfg.model, dtype=frozen)[0].requires_grad_(False).eval() if cfg.track_kl else None
     scorer = Scorer(cfg.reward, frozen)
     algorithm = build_algorithm(cfg)
     ptx = [encode_text(tokenizer, t, cfg.tokens.max_length) for t in load_texts(cfg.ptx_data)] if cfg.ptx_data else None
@@ -49,7 +50,7 @@ def rl(cfg: RLConfig) -> Path:
     leash = f"β {cfg.beta} ({cfg.kl_estimator})" + (f", adaptive to KL {cfg.target_kl}" if cfg.target_kl else "")
     print(
         f"{cfg.algo}: {cfg.iterations} iterations × {cfg.prompts_per_iter} prompts × {cfg.k} samples, {per_iteration} steps each, "
-        f"reward {'gold' if scorer.gold else cfg.reward}, {leash} -> {out}"
+        f"reward {'gold' if scorer.gold else cfg.reward}, {leash if cfg.track_kl else 'no reference (KL not tracked)'} -> {out}"
     )
     t0 = time.perf_counter()
     train(
@@ -77,8 +78,9 @@ def _summarise(rows: list[dict], seconds: float, out: Path) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     first, last = rows[0], rows[-1]
     gold = f", gold {first['gold']:+.3f} -> {last['gold']:+.3f}" if "gold" in last else ""
+    kl = "not tracked" if last["kl"] is None else f"{last['kl']:.2f}"
     print(
-        f"score {first['score']:+.3f} -> {last['score']:+.3f}{gold}, KL {last['kl']:.2f}; rollouts {rollout_s:.0f} s, training {seconds - rollout_s:.0f} s"
+        f"score {first['score']:+.3f} -> {last['score']:+.3f}{gold}, KL {kl}; rollouts {rollout_s:.0f} s, training {seconds - rollout_s:.0f} s"
     )
 
 

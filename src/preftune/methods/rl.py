@@ -152,6 +152,8 @@ class RLHF:
         sample_s = time.perf_counter() - t0
         batch = collate([s.encoded() for s in samples], self.tokenizer.pad_token_id)
         scores = self.scorer(samples, batch).float().tolist()
+        if self.reference is None:  # --no-track-kl: the sampler's own log-probs stand in (KL 0; β is 0)
+            return [(s, score, list(s.token_logps)) for s, score in zip(samples, scores)], sample_s
         ref = completion_logps(self.reference, batch, self.temperature)
         return [(s, score, ref.token_logps[i, ref.mask[i]].tolist()) for i, (s, score) in enumerate(zip(samples, scores))], sample_s
 
@@ -198,8 +200,8 @@ class RLHF:
             "beta": carry["beta"],
             "score": float(scores.mean()),  # the proxy (reward model) or gold, with the EOS penalty
             "reward": mean_reward,  # score - β·KL (whitened if asked)
-            "kl": float(seq_kl.mean()),  # k1, summed per sequence: Monte Carlo KL(π || π_SFT)
-            "kl_k3": float(k3.sum(-1).mean()),
+            "kl": float(seq_kl.mean()) if self.reference is not None else None,  # k1, summed per sequence: Monte Carlo KL(π || π_SFT)
+            "kl_k3": float(k3.sum(-1).mean()) if self.reference is not None else None,
             "entropy": float(-old_logps.sum(-1).mean()),  # Monte Carlo sequence entropy, -E[log π(y)]
             "length": float(mask.sum(-1).float().mean()),
             "eos_rate": float(ended.float().mean()),
