@@ -153,7 +153,8 @@ def table(result: dict) -> str:
         lines.append("no TRL environment (--no-anchor): the ratios are missing")
     lines.append(
         f"\n% of fp32 peak: model FLOP/s over {PEAK_GFLOPS:.0f} GFLOP/s (this CPU, 2 threads) — 6 × parameters × real tokens per"
-        " second trained, 2 × parameters per token of a forward pass (DPO's reference; RL's generation, reference, reward and value passes)."
+        " second trained, 2 × parameters per token of a forward pass (DPO's reference; RL's generation, reference, reward and value passes);"
+        " every sequence's tokens count, so a prompt computed once for several sequences counts once per sequence."
     )
     return "\n".join(lines)
 

@@ -1,5 +1,6 @@
 import copy
 import os
+import tempfile
 
 import pytest
 import torch
@@ -9,6 +10,13 @@ from preftune.world import lists
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 os.environ.setdefault("PREFTUNE_THREADS", "2")
+os.environ["PREFTUNE_CACHE"] = tempfile.mkdtemp(prefix="preftune-test-cache-")  # never the user's ~/.cache
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path_factory, monkeypatch):
+    """Each test its own content-keyed cache (module fixtures run before this and use the session's)."""
+    monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -142,7 +143,7 @@ def test_sample_annotate_reward_score_dpo_rl_through_the_cli(trained, capsys):
             == 0
         )
         assert (d / loss / "config.json").exists()
-    assert (d / "dpo/ref_logps.pt").exists() and not (d / "simpo/ref_logps.pt").exists() and not (d / "unlikelihood/ref_logps.pt").exists()
+    assert len(list(Path(os.environ["PREFTUNE_CACHE"], "reference").glob("*.pt"))) == 1  # dpo's; simpo and unlikelihood use none
     rl = ["rl", "--model", str(d / "sft"), "--reward", str(d / "rm"), "--prompts", str(d / "w/prompts.jsonl"), "--iterations", "2"]
     rl += ["--prompts-per-iter", "4", "--gen.max-new-tokens", "8", "--train.batch-size", "8", "--train.no-progress"]
     assert main([*rl, "--algo", "grpo", "--train.out", str(d / "grpo")]) == 0

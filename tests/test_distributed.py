@@ -73,8 +73,10 @@ def base(tmp_path_factory):
 
 
 def _run(argv: list[str], processes: int, script: str | None = None) -> subprocess.CompletedProcess:
+    # Packing off: a packed batch's float rounding depends on which sequences share it, and these
+    # compare batches of 16 with two of 8 to 2e-6 (packed against padded: tests/test_packing.py).
     """``preftune ARGV`` (or ``python SCRIPT ARGV``) in one process, or under torchrun."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFTUNE_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFTUNE_THREADS": "1", "PREFTUNE_PACKING": "0"}
     target = [script] if script else ["-m", "preftune"]
     argv = argv if script else [*argv, "--device", DEVICE]
     cmd = [sys.executable, *target, *argv] if processes == 1 else [TORCHRUN, "--nproc-per-node", str(processes), *target, *argv]
@@ -203,7 +205,7 @@ def test_two_process_run_killed_and_resumed_ends_as_the_uninterrupted_run(base, 
     _run([*args, "--train.out", str(tmp_path / "whole")], 2)
 
     cut = tmp_path / "cut"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFTUNE_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFTUNE_THREADS": "1", "PREFTUNE_PACKING": "0"}
     cmd = [TORCHRUN, "--nproc-per-node", "2", "-m", "preftune", *args, "--train.out", str(cut), "--device", DEVICE]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120

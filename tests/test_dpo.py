@@ -23,19 +23,29 @@ def _method(pairs, held, tokenizer, name, beta=0.1, batch_size=4):
     return DirectPreference(PairData(pairs, held, tokenizer.pad_token_id, batch_size, 0), loss, beta)
 
 
-def test_cached_reference_logps_equal_recomputed(tmp_path, model, tokenizer):
+def test_reference_cache_is_keyed_on_the_weights_not_the_path(tmp_path, model, tokenizer, monkeypatch):
+    """Same weights and pairs: served from the cache (nothing recomputed), whatever the model's path;
+    changed weights at the same path: recomputed, and different."""
+    from preftune.commands import dpo as dpo_command
+
+    monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
     pairs = _pairs(tokenizer)
-    cfg = DPOConfig(model="m")
-    first = cached_reference(model, pairs, tokenizer.pad_token_id, cfg, False, tmp_path / "ref.pt")
-    with torch.no_grad():  # perturb the model: a cache hit must not recompute with it
+    first = cached_reference(model, pairs, tokenizer.pad_token_id, DPOConfig(model="a"), False)
+    assert len(list((tmp_path / "cache/reference").glob("*.pt"))) == 1
+
+    def no_recompute(*args, **kwargs):
+        raise AssertionError("recomputed although cached")
+
+    with monkeypatch.context() as m:
+        m.setattr(dpo_command, "reference_logps", no_recompute)
+        assert cached_reference(model, pairs, tokenizer.pad_token_id, DPOConfig(model="elsewhere"), False) == first
+    with torch.no_grad():  # retrained in place: the cache must not answer for it
         for p in model.parameters():
             p.add_(0.1)
-    cached = cached_reference(model, pairs, tokenizer.pad_token_id, cfg, False, tmp_path / "ref.pt")
-    assert cached == first
-    recomputed = reference_logps(model, pairs, tokenizer.pad_token_id, False)
-    assert [p.ref_chosen for p in recomputed] != pytest.approx([p.ref_chosen for p in first])  # the cache really was used
-    # and a fresh computation with the original weights matches the cache
-    with torch.no_grad():
+    changed = cached_reference(model, pairs, tokenizer.pad_token_id, DPOConfig(model="a"), False)
+    assert [p.ref_chosen for p in changed] != pytest.approx([p.ref_chosen for p in first])
+    assert len(list((tmp_path / "cache/reference").glob("*.pt"))) == 2
+    with torch.no_grad():  # and the cached values are the recomputed ones
         for p in model.parameters():
             p.sub_(0.1)
     again = reference_logps(model, pairs, tokenizer.pad_token_id, False, batch_size=5)

@@ -4,16 +4,18 @@ Everything that needs log-probs of completion tokens — SFT, DPO, RL rollouts a
 comes through :func:`completion_logps`, so the logit shift, the position ids under padding, the
 temperature and the masking are decided once.
 
-Padding is not computed on: when it pays, a padded batch (B, T) runs as a packed one (R, W) — its
-sequences laid end to end in fewer rows, each restarting its position ids, which transformers'
-attention masks turn into one causal block per sequence (:class:`Packing`). Outputs come back in
-the padded layout, equal to the padded forward's up to float rounding.
+Padding is not computed on, and a prefix that several sequences share is computed once: when it
+pays, a padded batch (B, T) runs as a packed one (R, W) — sequences laid end to end in fewer rows,
+each restarting its position ids, those that start alike sharing their common start
+(:class:`Packing`). Outputs come back in the padded layout, equal to the padded forward's up to
+float rounding.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -37,12 +39,22 @@ def model_device(model: torch.nn.Module) -> torch.device:
 PACKABLE = frozenset({"gpt2", "gpt_neox", "llama", "mistral", "qwen2", "gemma"})  # not OPT: positions from its mask
 
 
+MIN_SHARED = 4  # tokens: sequences starting with at least this many equal tokens share them
+
+
 @dataclass(frozen=True)
 class Packing:
     """Where each real token of a padded batch (B, T) sits in a packed one (R, W).
 
-    ``dst`` maps every padded position to its packed position (``R·W`` for padding: a zero slot);
-    ``src`` maps every packed position to its padded one (``B·T`` for the rows' tail: a pad slot).
+    Sequences that start with the same tokens (DPO's chosen and rejected, a ranking's K completions,
+    an RL prompt's k samples) form a *unit*: the shared prefix once, then each sequence's own
+    suffix, which attends to the prefix and to itself only (``attention_mask``, a 4D mask; None
+    when nothing is shared, and the restarting position ids alone separate the sequences). Units
+    are laid end to end in R rows of width W.
+
+    ``dst`` maps every padded position to its packed position (``R·W`` for padding; a shared
+    prefix position is the destination of every sequence that starts with it); ``src`` maps every
+    packed position to one padded position holding its token (``B·T`` for the rows' tails).
     """
 
     shape: tuple[int, int]  # (B, T)
@@ -50,57 +62,83 @@ class Packing:
     width: int  # W
     src: torch.Tensor  # (R·W,) long
     dst: torch.Tensor  # (B·T,) long
-    position_ids: torch.Tensor  # (R, W): 0, 1, ... within each sequence, and within each row's tail
+    position_ids: torch.Tensor  # (R, W): each token's position in its own sequence; 0, 1, ... in a row's tail
+    attention_mask: torch.Tensor | None = None  # (R, 1, W, W) bool, True = may attend, when prefixes are shared
 
     @staticmethod
-    def plan(attention_mask: torch.Tensor, hidden_size: int) -> Packing | None:
+    def plan(input_ids: torch.Tensor, attention_mask: torch.Tensor, hidden_size: int, share: bool = True) -> Packing | None:
         """A packing of this batch (real tokens contiguous in each row, padding on either side), or
         None when it would not pay. Cost is rows × width × (1 + W / 12·hidden): a token's attention
         grows with the row width W (the 12 fitted on this CPU: bench and demo batches, where packing
-        saved 7-16% of a training step's time)."""
+        saved 7-16% of a training step's time before prefixes were shared)."""
         B, T = attention_mask.shape
         mask = attention_mask.bool()
         lengths = mask.sum(-1)
         lens = lengths.tolist()
-        total = sum(lens)
-        if B < 2 or total == 0:
+        if B < 2 or sum(lens) == 0:
             return None
+        starts = mask.long().argmax(-1)  # first real token of each row
+        units = _units(input_ids, starts.tolist(), lens) if share else [([i], lens[i]) for i in range(B)]
+        sizes = [p + sum(lens[i] - p for i in members) for members, p in units]
+        total, longest = sum(sizes), max(sizes)
         cost = lambda rows, width: rows * width * (1 + width / (12 * hidden_size))  # noqa: E731
-        longest = max(lens)
-        order = sorted(range(B), key=lambda i: -lens[i])
+        order = sorted(range(len(units)), key=lambda u: -sizes[u])
         best = None
         for rows in sorted({max(1, math.ceil(total / (f * longest))) for f in (1.0, 1.5, 2.0, 3.0, 4.0)}):
             if rows >= B:
                 continue
-            heap = [(0, r) for r in range(rows)]  # longest first, each to the emptiest row
-            row_of, offset = [0] * B, [0] * B
-            for i in order:
+            heap = [(0, r) for r in range(rows)]  # largest first, each to the emptiest row
+            place = [(0, 0)] * len(units)
+            for u in order:
                 load, r = heapq.heappop(heap)
-                row_of[i], offset[i] = r, load
-                heapq.heappush(heap, (load + lens[i], r))
+                place[u] = (r, load)
+                heapq.heappush(heap, (load + sizes[u], r))
             width = max(load for load, _ in heap)
             if best is None or cost(rows, width) < best[0]:
-                best = (cost(rows, width), rows, width, row_of, offset)
+                best = (cost(rows, width), rows, width, place)
         if best is None or best[0] >= cost(B, T):
             return None
-        _, R, W, row_of, offset = best
+        _, R, W, place = best
+        # Per sequence: where its unit starts (flat), its prefix length, where its suffix starts in the unit, its branch.
+        base, prefix, suffix_at, branch, unit_of = [0] * B, [0] * B, [0] * B, [0] * B, [0] * B
+        for u, (members, p) in enumerate(units):
+            r, off = place[u]
+            at = p
+            for b, i in enumerate(members):
+                base[i], prefix[i], suffix_at[i], branch[i], unit_of[i] = r * W + off, p, at, b + 1, u
+                at += lens[i] - p
         device = attention_mask.device
-        starts = mask.long().argmax(-1)  # first real token of each row
-        seq = torch.repeat_interleave(torch.arange(B, device=device), lengths)  # (N,) each token's sequence
-        within = torch.arange(total, device=device) - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
+        t = lambda v: torch.tensor(v, device=device)  # noqa: E731
+        seq = torch.repeat_interleave(torch.arange(B, device=device), lengths)  # (N,) each real token's sequence
+        within = torch.arange(len(seq), device=device) - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
+        shared = within < t(prefix)[seq]
         padded = seq * T + starts[seq] + within
-        packed = torch.tensor(row_of, device=device)[seq] * W + torch.tensor(offset, device=device)[seq] + within
+        packed = t(base)[seq] + torch.where(shared, within, t(suffix_at)[seq] + within - t(prefix)[seq])
         dst = torch.full((B * T,), R * W, dtype=torch.long, device=device)
         dst[padded] = packed
         src = torch.full((R * W,), B * T, dtype=torch.long, device=device)
-        src[packed] = padded
+        src[packed] = padded  # a shared position: any of its sequences (they hold the same token)
         pos = torch.zeros(R * W, dtype=torch.long, device=device)
         pos[packed] = within
-        loads = torch.zeros(R, dtype=torch.long, device=device).index_add_(0, torch.tensor(row_of, device=device), lengths)
+        loads = torch.zeros(R, dtype=torch.long, device=device)
+        for (r, _), size in zip(place, sizes):
+            loads[r] += size
         col = torch.arange(W, device=device)[None, :]
         tail = col >= loads[:, None]  # (R, W) a row's unused end: its own sequence 0, 1, ...
         pos = torch.where(tail, col - loads[:, None], pos.view(R, W))
-        return Packing((B, T), R, W, src, dst, pos)
+        attend = None
+        if any(len(members) > 1 for members, _ in units):
+            unit = torch.full((R * W,), -1, dtype=torch.long, device=device)
+            unit[packed] = t(unit_of)[seq]
+            unit = torch.where(tail.flatten(), -2 - torch.arange(R, device=device).repeat_interleave(W), unit).view(R, W)
+            br = torch.zeros(R * W, dtype=torch.long, device=device)
+            br[packed] = torch.where(shared, 0, t(branch)[seq])
+            br = br.view(R, W)
+            causal = col.view(1, 1, W) <= col.view(1, W, 1)  # key k <= query q
+            same = unit[:, :, None] == unit[:, None, :]
+            visible = (br[:, None, :] == 0) | (br[:, None, :] == br[:, :, None])
+            attend = (same & causal & visible)[:, None]
+        return Packing((B, T), R, W, src, dst, pos, attend)
 
     def pack(self, x: torch.Tensor, fill=0) -> torch.Tensor:
         """(B, T, ...) -> (R, W, ...); the rows' tails hold ``fill``."""
@@ -109,18 +147,41 @@ class Packing:
         return flat[self.src].view(self.rows, self.width, *x.shape[2:])
 
     def unpack(self, y: torch.Tensor) -> torch.Tensor:
-        """(R, W, ...) -> (B, T, ...); zero on padding."""
+        """(R, W, ...) -> (B, T, ...); zero on padding (a shared position goes to every sequence it starts)."""
         flat = y.reshape(self.rows * self.width, *y.shape[2:])
         flat = torch.cat([flat, flat.new_zeros((1, *y.shape[2:]))])
         return flat[self.dst].view(*self.shape, *y.shape[2:])
 
 
-def packing_for(model, attention_mask: torch.Tensor) -> Packing | None:
-    """The packing of a batch for ``model``, or None (an architecture not known to pack, or no gain)."""
+def _units(input_ids: torch.Tensor, starts: list[int], lens: list[int]) -> list[tuple[list[int], int]]:
+    """Sequences grouped by a shared start: (members, shared prefix length). A sequence joins the
+    unit before it in sorted order when it starts with that unit's whole prefix (at least
+    ``MIN_SHARED`` tokens); a unit of one has its whole sequence as its prefix."""
+    rows = input_ids.tolist()
+    seqs = [rows[i][s : s + n] for i, (s, n) in enumerate(zip(starts, lens))]
+    units: list[tuple[list[int], int]] = []
+    for i in sorted(range(len(seqs)), key=lambda i: seqs[i]):
+        if units:
+            members, p = units[-1]
+            first = seqs[members[0]]
+            if len(members) == 1:  # a unit of one: share as much as the two have in common
+                p = next((j for j, (a, b) in enumerate(zip(first, seqs[i])) if a != b), min(len(first), len(seqs[i])))
+            if p >= MIN_SHARED and seqs[i][:p] == first[:p] and len(seqs[i]) >= p:
+                units[-1] = (members + [i], p)
+                continue
+        units.append(([i], lens[i]))
+    return units
+
+
+def packing_for(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Packing | None:
+    """The packing of a batch for ``model``, or None (an architecture not known to pack, no gain, or
+    ``PREFTUNE_PACKING=0``: padded batches, whose rounding does not depend on what else is in them).
+    Prefixes are shared under SDPA attention (which takes the 4D mask); under any other, sequences
+    are only laid end to end."""
     config = getattr(model, "config", None)
-    if getattr(config, "model_type", None) not in PACKABLE:
+    if getattr(config, "model_type", None) not in PACKABLE or os.environ.get("PREFTUNE_PACKING") == "0":
         return None
-    return Packing.plan(attention_mask, config.hidden_size)
+    return Packing.plan(input_ids, attention_mask, config.hidden_size, share=getattr(config, "_attn_implementation", None) == "sdpa")
 
 
 def run_model(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, packing: Packing | None, **kwargs):
@@ -129,14 +190,13 @@ def run_model(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, pack
         return model(
             input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=position_ids(attention_mask), use_cache=False, **kwargs
         )
-    return model(input_ids=packing.pack(input_ids), position_ids=packing.position_ids, use_cache=False, **kwargs)
-
-
-def forward_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Logits ``(B, T, V)`` of a causal LM for a batch padded on either side (zero on padding when packed)."""
-    packing = packing_for(model, attention_mask)
-    logits = run_model(model, input_ids, attention_mask, packing).logits
-    return logits if packing is None else packing.unpack(logits)
+    return model(
+        input_ids=packing.pack(input_ids),
+        attention_mask=packing.attention_mask,
+        position_ids=packing.position_ids,
+        use_cache=False,
+        **kwargs,
+    )
 
 
 def gather_token_logps(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -168,19 +228,26 @@ def token_logps_from_logits(
     logits: torch.Tensor, batch: Batch, temperature: float = 1.0, packing: Packing | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Shift, gather and mask: logits (B, T, V) — or (R, W, V) laid out by ``packing`` — -> token_logps
-    (B, T-1), mask (B, T-1). Log-probs are taken where the logits are; only (B, T) is laid back out."""
-    targets = torch.nn.functional.pad(batch.input_ids[:, 1:], (0, 1))  # position t predicts token t+1
-    token_logps = gather_token_logps(logits, targets if packing is None else packing.pack(targets), temperature)
-    if packing is not None:
-        token_logps = packing.unpack(token_logps)
+    (B, T-1), mask (B, T-1). Packed, each padded position reads its packed position's logit of its
+    own next token and that position's log-normaliser (a shared prefix's last position predicts a
+    different token for each sequence), so no (B, T, V) tensor is made."""
     mask = batch.completion_mask[:, 1:]
-    return token_logps[:, :-1].masked_fill(~mask, 0.0), mask
+    if packing is None:
+        token_logps = gather_token_logps(logits[:, :-1], batch.input_ids[:, 1:], temperature)
+        return token_logps.masked_fill(~mask, 0.0), mask
+    flat = logits.reshape(-1, logits.shape[-1])
+    if temperature != 1.0:
+        flat = flat / temperature
+    flat = flat.float()
+    at = packing.dst.view(packing.shape)[:, :-1].clamp(max=flat.shape[0] - 1)  # (B, T-1); padding read anywhere, masked below
+    token_logps = flat[at, batch.input_ids[:, 1:]] - flat.logsumexp(-1)[at]
+    return token_logps.masked_fill(~mask, 0.0), mask
 
 
 def completion_logps(model, batch: Batch, temperature: float = 1.0, entropy: bool = False) -> LogProbs:
     """Per-token and per-sequence log-probs of ``batch``'s completion tokens under ``model`` (on its device)."""
     batch = batch.to(model_device(model))
-    packing = packing_for(model, batch.attention_mask)
+    packing = packing_for(model, batch.input_ids, batch.attention_mask)
     logits = run_model(model, batch.input_ids, batch.attention_mask, packing).logits
     token_logps, mask = token_logps_from_logits(logits, batch, temperature, packing)
     ent = None

@@ -13,8 +13,11 @@ gated MLP (Llama, Qwen2, Mistral, Gemma; ``2·mlp`` otherwise) plus ``2·heads·
 probabilities (the math attention that CPUs and padded batches use; none with flash attention), 4
 bytes each in fp32, about 2 under autocast. With activation checkpointing a layer keeps only its
 input (``hidden`` values) and one layer is recomputed at a time. The logits cost ``tokens × vocab``
-fp32 values three times (logits, their gradient, the backward's softmax; RL keeps two more for its
-entropy metric). DPO and reward models run two sequences per pair.
+fp32 values three times (logits, their gradient, the backward's softmax; RL two more, briefly, for its
+entropy metric). DPO and reward models run
+two sequences per pair. Tokens are counted as if every sequence were distinct and as long as the
+longest: packing skips padding and computes a start that sequences share once (DPO's prompt, an RL
+prompt's k samples), so the estimate is an upper bound for such batches.
 
 The coefficients were counted from the Llama layer and checked against the peak resident memory
 of real runs on this CPU; ``tests/test_memory.py`` keeps the estimate within 25% of them.

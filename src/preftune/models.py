@@ -222,7 +222,7 @@ class RewardModel(torch.nn.Module):
     def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         device = self.model.score.weight.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        packing = packing_for(self.model, attention_mask)
+        packing = packing_for(self.model, input_ids, attention_mask)
         hidden = run_model(self.model.base_model, input_ids, attention_mask, packing).last_hidden_state
         return hidden if packing is None else packing.unpack(hidden)  # (B, T, H)
 

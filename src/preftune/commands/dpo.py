@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -32,11 +33,31 @@ def to_pairs(records, tokenizer, tokens: TokenConfig) -> list[Pair]:
     return pairs
 
 
-def cached_reference(model, pairs: list[Pair], pad_id: int, cfg: DPOConfig, length_normalise: bool, path: Path) -> list[Pair]:
-    """Reference log-probs, computed once and cached with the run (keyed by model, data and settings)."""
+def cache_dir() -> Path:
+    """Where computed-once results live (``PREFTUNE_CACHE``, else ``~/.cache/preftune``); every entry
+    is keyed on content, so runs share it and nothing in it goes stale."""
+    return Path(os.environ.get("PREFTUNE_CACHE") or Path.home() / ".cache" / "preftune")
+
+
+def weights_digest(model) -> str:
+    """sha256 of a model's parameters and buffers, names and bytes: the model, not where it came from."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(memoryview(t.detach().cpu().contiguous().view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+def cached_reference(model, pairs: list[Pair], pad_id: int, cfg: DPOConfig, length_normalise: bool) -> list[Pair]:
+    """Reference log-probs, computed once per reference weights, pairs and settings: DPO runs from the
+    same model on the same data (the demo's dpo, ipo and β sweep) share them, and a model retrained
+    at the same path misses the cache."""
     key = hashlib.sha256(
-        json.dumps([cfg.model, length_normalise, to_dict(cfg.tokens), [(p.chosen.input_ids, p.rejected.input_ids) for p in pairs]]).encode()
+        json.dumps(
+            [weights_digest(model), length_normalise, to_dict(cfg.tokens), [(p.chosen.input_ids, p.rejected.input_ids) for p in pairs]]
+        ).encode()
     ).hexdigest()
+    path = cache_dir() / "reference" / f"{key[:32]}.pt"
     if path.exists():
         blob = torch.load(path, weights_only=True)
         if blob.get("key") == key:
@@ -44,7 +65,8 @@ def cached_reference(model, pairs: list[Pair], pad_id: int, cfg: DPOConfig, leng
     done = reference_logps(model, pairs, pad_id, length_normalise)
     if not distributed.is_main():  # every process computes the same; one writes
         return done
-    tmp = path.with_suffix(".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     torch.save(
         {"key": key, "chosen": torch.tensor([p.ref_chosen for p in done]), "rejected": torch.tensor([p.ref_rejected for p in done])}, tmp
     )
@@ -65,7 +87,7 @@ def dpo(cfg: DPOConfig) -> Path:
     else:
         loss = preference_loss(cfg)
         if loss.reference:  # the model as loaded (pi_SFT); with LoRA, the same base before adapters
-            train_pairs = cached_reference(model, train_pairs, pad, cfg, loss.length_normalise, out / "ref_logps.pt")
+            train_pairs = cached_reference(model, train_pairs, pad, cfg, loss.length_normalise)
             held_pairs = reference_logps(model, held_pairs, pad, loss.length_normalise)
             leash = f"beta {cfg.beta}"
         method = DirectPreference(PairData(train_pairs, held_pairs, pad, global_batch_size(cfg.train), cfg.train.seed), loss, cfg.beta)
