@@ -13,8 +13,8 @@ from preftune.commands import rl
 from preftune.config import RL_ALGORITHMS, BestOfNConfig, RLConfig, SamplingConfig, TrainConfig
 from preftune.data import write_jsonl
 from preftune.logprobs import LogProbs
-from preftune.methods.algorithms import ALGORITHMS, GRPO, PPO, RAFT, REINFORCE, RLOO
-from preftune.methods.rl import Scorer
+from preftune.methods.algorithms import ALGORITHMS, GRPO, PPO, RAFT, REINFORCE, RLOO, build_algorithm
+from preftune.methods.rl import RLHF, Scorer
 from preftune.models import build_reward_model, save_model
 from preftune.rollout import Rollout
 from preftune.world import lists
@@ -226,6 +226,21 @@ def test_untracked_kl_at_beta_zero_trains_the_same_policy_without_a_reference(wo
     )
     assert [r["score"] for r in tracked] == [r["score"] for r in untracked]
     assert all(r["kl"] is None and r["kl_k3"] is None for r in untracked) and tracked[-1]["kl"] > 0
+
+
+@pytest.mark.parametrize("batch_size,whole", [(8, True), (6, False)])
+def test_micro_batches_keep_each_prompts_rows_together_when_they_fit(tmp_path, batch_size, whole):
+    """8 prompts × 4 samples, prompt-major: batches of 8 rows hold two whole prompts each (shuffled
+    by prompt, differently per epoch); batches of 6 cannot, and rows shuffle one by one."""
+    cfg = RLConfig(model="m", reward="gold", prompts="p", algo="rloo", k=4, prompts_per_iter=8, update_epochs=2)
+    cfg = replace(cfg, train=replace(cfg.train, out=str(tmp_path), batch_size=batch_size))
+    method = RLHF(cfg, build_algorithm(cfg), None, None, None, None, ["q"])
+    method._rollout = lambda epoch: [None] * 32
+    micro = method.batches(0)
+    epochs = [sum(micro[: len(micro) // 2], []), sum(micro[len(micro) // 2 :], [])]
+    assert all(sorted(e) == list(range(32)) for e in epochs) and epochs[0] != epochs[1]
+    kept = all({i // 4 for i in b} == {i // 4 for i in b if all(j in b for j in range(i // 4 * 4, i // 4 * 4 + 4))} for b in micro)
+    assert kept == whole
 
 
 def test_bad_settings_fail_clearly(world_dir):

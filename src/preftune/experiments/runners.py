@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..data import write_jsonl
@@ -36,7 +37,7 @@ def _diff(a: dict, b: dict, seed: int) -> dict:
     return {"diff": d, "lo": lo, "hi": hi, "significant": lo > 0 or hi < 0}
 
 
-def methods(p: Pipeline, res: dict, params: dict) -> None:
+def methods(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
     """The headline table: every method from the same pi_SFT, comparisons and reward model."""
     rm_dir, rm_eval = p.reward_model()
     pairs = p.labels("comparisons", "pairs")
@@ -70,7 +71,7 @@ def methods(p: Pipeline, res: dict, params: dict) -> None:
     claims["beat_demonstrator"] = {"methods": tuned, "count": len(tuned), "of": len(candidates)}
 
 
-def frontier(p: Pipeline, res: dict, params: dict) -> None:
+def frontier(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
     """Gold reward against KL to pi_SFT, several β per method (the DPO paper's figure 2)."""
     rm_dir, _ = p.reward_model()
     pairs = p.labels("comparisons", "pairs")
@@ -112,7 +113,7 @@ def _overoptimisation_summary(curve: list[dict]) -> dict:
     }
 
 
-def overoptimisation(p: Pipeline, res: dict, params: dict) -> None:
+def overoptimisation(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
     """RL against a reward model trained on few comparisons, with β = 0 and the default β:
     proxy score and gold reward per iteration, against KL (Gao et al.'s curve)."""
     few, algo = int(params.get("comparisons", 300)), params.get("algo", "rloo")
@@ -153,7 +154,7 @@ def _group_utilities(p: Pipeline, policy: str, prompts: list[str]) -> list[dict]
     return rows
 
 
-def diverse(p: Pipeline, res: dict, params: dict) -> None:
+def diverse(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
     """Two annotator groups: a majority wanting k items and a minority wanting k + 2. A policy tuned
     on the pooled comparisons against one conditioned on the group (a tag in the prompt)."""
     share = float(params.get("minority", 0.5))

@@ -246,13 +246,22 @@ class RLHF:
 
     def batches(self, epoch: int) -> list[list[int]]:
         """Micro-batches of row indices into the epoch's rollout (``batch_size`` per process, so
-        ``batch_size × processes`` rows each; the loop hands each process its slice)."""
+        ``batch_size × processes`` rows each; the loop hands each process its slice). A prompt's rows
+        stay together when every process's share holds whole groups (as TRL keeps a prompt's
+        generations together): the order shuffles prompts, and the forward computes each prompt once
+        for its rows (shared starts, :class:`preftune.logprobs.Packing`)."""
         if self._current is not None and self._current[0] == epoch:
             return self._current[2]
         targets = self._rollout(epoch)
         n, size, micro = len(targets), self.cfg.train.batch_size * distributed.world_size(), []
+        group = self.algorithm.rows_per_prompt(self.cfg.k)  # rollout rows are prompt-major: a prompt's rows are consecutive
+        whole = group > 1 and n % group == 0 and self.cfg.train.batch_size % group == 0
         for e in range(self.algorithm.update_epochs):
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.train.seed * 7919 + epoch * 31 + e)).tolist()
+            gen = torch.Generator().manual_seed(self.cfg.train.seed * 7919 + epoch * 31 + e)
+            if whole:
+                order = [q * group + j for q in torch.randperm(n // group, generator=gen).tolist() for j in range(group)]
+            else:
+                order = torch.randperm(n, generator=gen).tolist()
             micro += [order[i : i + size] for i in range(0, n, size)]
         self._current = (epoch, targets, micro)
         return micro
