@@ -84,7 +84,11 @@ def main() -> None:
     unknown = set(only) - set(BENCHES)
     if unknown:
         sys.exit(f"bench/run.py: error: unknown bench(es) {sorted(unknown)}; choose from {BENCHES}")
-    anchor, workload, assets = Path(a.anchor), Path(a.workload), Path(a.assets)
+    anchor, workload, assets = (
+        Path(a.anchor).resolve(),
+        Path(a.workload).resolve(),
+        Path(a.assets).resolve(),
+    )  # TRL runs in the anchor folder
     with_trl = not a.no_anchor
     if with_trl and not (anchor / ".installed").exists():
         sys.exit(f"bench/run.py: error: no TRL environment in {anchor}: run `make bench-anchor`, or pass --no-anchor")

@@ -78,12 +78,8 @@ def test_every_packed_architecture_is_checked_and_others_run_padded():
     assert logprobs.packing_for(_model("opt"), _batch().input_ids, _batch().attention_mask) is None
 
 
-@pytest.mark.parametrize("left", [False, True])
-@pytest.mark.parametrize("arch", sorted(logprobs.PACKABLE))
-def test_packed_equals_padded(arch, left, monkeypatch):
+def _assert_packed_equals_padded(model, batch: Batch, monkeypatch) -> None:
     """Log-probs, entropies and gradients of the packed forward equal the padded forward's."""
-    model, batch = _model(arch), _batch(left=left)
-    assert logprobs.packing_for(model, batch.input_ids, batch.attention_mask) is not None  # this batch does pack
     packed = completion_logps(model, batch, entropy=True)
     packed.logps.sum().backward()
     grads = [p.grad.clone() for p in model.parameters()]
@@ -95,6 +91,14 @@ def test_packed_equals_padded(arch, left, monkeypatch):
     torch.testing.assert_close(packed.entropy[packed.mask], padded.entropy[padded.mask], atol=1e-5, rtol=1e-5)
     for g, p in zip(grads, model.parameters()):
         torch.testing.assert_close(g, p.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("left", [False, True])
+@pytest.mark.parametrize("arch", sorted(logprobs.PACKABLE))
+def test_packed_equals_padded(arch, left, monkeypatch):
+    model, batch = _model(arch), _batch(left=left)
+    assert logprobs.packing_for(model, batch.input_ids, batch.attention_mask) is not None  # this batch does pack
+    _assert_packed_equals_padded(model, batch, monkeypatch)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -163,17 +167,7 @@ def test_shared_prefixes_equal_the_padded_forward(arch, left, monkeypatch):
     packing = logprobs.packing_for(model, batch.input_ids, batch.attention_mask)
     assert packing is not None and packing.attention_mask is not None
     assert packing.rows * packing.width < int(batch.attention_mask.sum())  # fewer tokens than the sequences hold
-    packed = completion_logps(model, batch, entropy=True)
-    packed.logps.sum().backward()
-    grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    monkeypatch.setattr(logprobs, "PACKABLE", frozenset())
-    padded = completion_logps(model, batch, entropy=True)
-    padded.logps.sum().backward()
-    torch.testing.assert_close(packed.token_logps, padded.token_logps, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(packed.entropy[packed.mask], padded.entropy[padded.mask], atol=1e-5, rtol=1e-5)
-    for g, p in zip(grads, model.parameters()):
-        torch.testing.assert_close(g, p.grad, atol=1e-5, rtol=1e-4)
+    _assert_packed_equals_padded(model, batch, monkeypatch)
 
 
 def test_shared_prefixes_in_the_reward_model(monkeypatch):
