@@ -112,9 +112,10 @@ class Packing:
         src[packed] = padded  # a shared position: any of its sequences (they hold the same token)
         pos = torch.zeros(R * W, dtype=torch.long, device=device)
         pos[packed] = within
-        loads = torch.zeros(R, dtype=torch.long, device=device)
+        loads = [0] * R
         for (r, _), (members, p) in zip(place, units):
             loads[r] += p + sum(lens[i] - p for i in members)
+        loads = t(loads)
         col = torch.arange(W, device=device)[None, :]
         tail = col >= loads[:, None]  # (R, W) a row's unused end: its own sequence 0, 1, ...
         pos = torch.where(tail, col - loads[:, None], pos.view(R, W))
