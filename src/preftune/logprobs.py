@@ -90,7 +90,7 @@ class Packing:
                     best = shared
         if best is None or best[0] >= cost(B, T):
             return None
-        _, R, W, place, units = best
+        _, R, W, place, units, loads = best
         # Per sequence: where its unit starts (flat), its prefix length, where its suffix starts in the unit, its branch.
         base, prefix, suffix_at, branch, unit_of = [0] * B, [0] * B, [0] * B, [0] * B, [0] * B
         for u, (members, p) in enumerate(units):
@@ -112,9 +112,6 @@ class Packing:
         src[packed] = padded  # a shared position: any of its sequences (they hold the same token)
         pos = torch.zeros(R * W, dtype=torch.long, device=device)
         pos[packed] = within
-        loads = [0] * R
-        for (r, _), (members, p) in zip(place, units):
-            loads[r] += p + sum(lens[i] - p for i in members)
         loads = t(loads)
         col = torch.arange(W, device=device)[None, :]
         tail = col >= loads[:, None]  # (R, W) a row's unused end: its own sequence 0, 1, ...
@@ -148,7 +145,8 @@ class Packing:
 
 def _layout(units: list[tuple[list[int], int]], lens: list[int], B: int, cost):
     """The cheapest of a few row counts for these units, largest first into the emptiest row:
-    (cost, rows, width, each unit's (row, offset), units), or None if no row count below B fits."""
+    (cost, rows, width, each unit's (row, offset), units, each row's tokens), or None if no row count
+    below B fits."""
     sizes = [p + sum(lens[i] - p for i in members) for members, p in units]
     total, longest = sum(sizes), max(sizes)
     order = sorted(range(len(units)), key=lambda u: -sizes[u])
@@ -164,7 +162,10 @@ def _layout(units: list[tuple[list[int], int]], lens: list[int], B: int, cost):
             heapq.heappush(heap, (load + sizes[u], r))
         width = max(load for load, _ in heap)
         if best is None or cost(rows, width) < best[0]:
-            best = (cost(rows, width), rows, width, place, units)
+            loads = [0] * rows
+            for load, r in heap:
+                loads[r] = load
+            best = (cost(rows, width), rows, width, place, units, loads)
     return best
 
 
