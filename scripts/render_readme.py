@@ -1,8 +1,9 @@
 """Fill the README's generated blocks from the commands that compute them (no typed numbers).
 
 A block is ``<!-- NAME: ARGS -->`` ... ``<!-- /NAME -->``; its body is the output of
-``preftune memory ARGS`` (NAME ``memory``, in a fenced block, the command named above it) or the table
-of a saved ``make bench`` run (NAME ``bench``, ARGS its JSON file: ``python bench/run.py --render``).
+``preftune memory ARGS`` (NAME ``memory``, in a fenced block, the command named above it), the table
+of a saved ``make bench`` run (NAME ``bench``, ARGS its JSON file: ``python bench/run.py --render``),
+or the results of a saved run (NAME ``results``, ARGS its results file: ``preftune report FILE --markdown``).
 
     python scripts/render_readme.py           rewrite README.md in place
     python scripts/render_readme.py --check   exit 1 (and say which block) if README.md is stale
@@ -20,7 +21,7 @@ from preftune.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-BLOCK = re.compile(r"<!-- (memory|bench): (.*?) -->\n.*?<!-- /\1 -->\n", re.S)
+BLOCK = re.compile(r"<!-- (memory|bench|results): (.*?) -->\n.*?<!-- /\1 -->\n", re.S)
 
 
 def render(text: str) -> str:
@@ -31,9 +32,12 @@ def render(text: str) -> str:
             table = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.rstrip()
             return f"<!-- {name}: {args} -->\n{table}\n<!-- /{name} -->\n"
         out = io.StringIO()
+        command = ["report", args, "--markdown"] if name == "results" else [name, *shlex.split(args)]
         with contextlib.redirect_stdout(out):
-            if main([name, *shlex.split(args)]) != 0:
-                raise SystemExit(f"README block `preftune {name} {args}` failed")
+            if main(command) != 0:
+                raise SystemExit(f"README block `preftune {' '.join(command)}` failed")
+        if name == "results":
+            return f"<!-- {name}: {args} -->\n{out.getvalue().rstrip()}\n<!-- /{name} -->\n"
         return f"<!-- {name}: {args} -->\n`preftune {name} {args}`:\n\n```\n{out.getvalue().rstrip()}\n```\n<!-- /{name} -->\n"
 
     return BLOCK.sub(fill, text)

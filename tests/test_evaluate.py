@@ -96,3 +96,43 @@ def test_kl_to_another_model_is_the_mean_logp_difference(model, tokenizer, tempe
     out = kl_to_reference(samples, reference, tokenizer, temperature=temperature, batch_size=2)
     assert out["kl"] == pytest.approx(statistics.fmean(diffs), abs=1e-4)
     assert out["kl_ci95"] == pytest.approx(1.96 * statistics.stdev(diffs) / math.sqrt(len(diffs)), abs=1e-4)
+
+
+# ------------------------------------------------------------------------------- reward models
+
+
+def test_labelled_pairs_are_every_pair_of_a_ranking_with_the_labelling_groups_probability():
+    from preftune.data import Comparison, Ranking
+    from preftune.evaluate import labelled_pairs
+
+    prompt = lists.format_prompt("Name 1 fruit.")
+    ranking = Ranking(prompt, (" apple.", " apple, pear.", " apple."), (0, 2, 1), group="minority", ended=(True, True, False))
+    pairs = labelled_pairs([ranking, Comparison(prompt, " pear.", " dog.")], tau=0.1)
+    assert [(w, we, l, le) for _, w, we, l, le, _ in pairs] == [
+        (" apple.", True, " apple.", False),
+        (" apple.", True, " apple, pear.", True),
+        (" apple.", False, " apple, pear.", True),
+        (" pear.", True, " dog.", True),
+    ]
+    # the minority wants k + 2 = 3 items (utility formula in lists' module doc), truncation costs 0.5
+    u_apple, u_two, u_apple_cut = 0.8 / 3 + 0.2 - 0.2, 1.6 / 3 + 0.2 - 0.1, 0.8 / 3 + 0.2 - 0.2 - 0.5
+    expected = [lists.sigmoid((a - b) / 0.1) for a, b in [(u_apple, u_apple_cut), (u_apple, u_two), (u_apple_cut, u_two)]]
+    expected.append(lists.sigmoid((1.0 - (0.0 + 0.2 - 0.2 - 0.0)) / 0.1))  # the majority: pear 1.0; dog: no coverage, wrong item
+    assert [p for *_, p in pairs] == pytest.approx(expected)
+
+
+def test_gold_agreement_counts_within_prompt_pairs_with_distinct_gold_and_ties_as_half():
+    from preftune.evaluate import gold_agreement
+
+    p1, p2 = lists.format_prompt("Name 2 fruits."), lists.format_prompt("Name 1 animal.")
+    texts = [(p1, " apple, pear."), (p1, " apple, apple."), (p1, " apple, pear."), (p1, " dog."), (p2, " cat."), (p2, " cat, dog.")]
+    samples = [Sample(p, c, (), True, 0.0) for p, c in texts]
+    gold = [lists.gold_reward(p, c) for p, c in texts]
+    assert gold[0] == gold[2] > gold[1] > gold[3] and gold[4] > gold[5]
+    # prompt 1: pairs with distinct gold (0,1) (0,3) (1,2) (1,3) (2,3); (0,2) has equal gold and is left out.
+    scores = [1.0, 0.5, 0.5, 2.0, 3.0, -1.0]  # (0,1) right, (0,3) wrong, (1,2) tie, (1,3) wrong, (2,3) wrong
+    # prompt 2, four samples [4, 5, 4, 5]: its four pairs with distinct gold are all ordered right
+    r = gold_agreement(samples + samples[4:], scores + [3.0, -1.0], k=4)
+    assert r["gold_pairs"] == 5 + 4
+    assert r["gold_pair_accuracy"] == pytest.approx((1 + 0 + 0.5 + 0 + 0 + 4) / 9)
+    assert r["components"]["duplicates"]["gold"] < 0  # gold punishes the repeat within its prompt

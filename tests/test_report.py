@@ -168,3 +168,87 @@ def test_report_renders_in_chromium_with_every_figure_loaded(quick_demo):
         assert all(complete and width > 100 for _, complete, width in imgs), imgs
         assert page.locator("h2").count() == 8
         browser.close()
+
+
+def _claim(lo, hi, seeds=None):
+    c = {"diff": (lo + hi) / 2, "lo": lo, "hi": hi}
+    if seeds:
+        c["seeds"] = {"diff": (seeds[0] + seeds[1]) / 2, "lo": seeds[0], "hi": seeds[1], "n": 3}
+    return c
+
+
+def test_verdicts_are_read_from_the_interval_and_from_seeds_when_there_are_seeds():
+    assert report.compare(_claim(0.01, 0.2), "beats", "trails", "ties") == "beats"
+    assert report.compare(_claim(-0.2, -0.01), "beats", "trails", "ties") == "trails"
+    assert report.compare(_claim(-0.01, 0.2), "beats", "trails", "ties") == "ties"  # a positive mean is not enough
+    assert report.compare(_claim(0.01, 0.2, seeds=(-0.05, 0.3)), "beats", "trails", "ties") == "ties"  # seeds overrule prompts
+    assert report.compare(_claim(-0.01, 0.2, seeds=(0.02, 0.3)), "beats", "trails", "ties") == "beats"
+    res = {"claims": {"a": _claim(0, 1), "b": _claim(0, 1), "beat_demonstrator": {"methods": [], "count": 0, "of": 2}}}
+    assert report.comparisons(res) == 2
+
+
+def test_seed_aggregation_hand_values():
+    from preftune.experiments import aggregate
+
+    def one(gold, diff):
+        pol = {"gold": gold, "gold_ci95": 0.03, "kl": 1.0, "gold_per_prompt": [gold], "examples": ["x"]}
+        claims = {"dpo_vs_sft": {"diff": diff, "lo": diff - 0.04, "hi": diff + 0.04, "significant": True}}
+        return {
+            "preftune": "0",
+            "config": {},
+            "run": {"seed": 0},
+            "policies": {"dpo": pol},
+            "claims": claims,
+            "heldout_prompts": 1,
+            "samples": [],
+        }
+
+    res = aggregate([one(0.5, 0.10), one(0.6, 0.02), one(0.7, 0.06)], [0, 1, 2])
+    dpo = res["policies"]["dpo"]
+    assert dpo["gold"] == pytest.approx(0.6) and dpo["kl"] == pytest.approx(1.0)
+    assert dpo["gold_seeds_ci95"] == pytest.approx(4.303 * 0.1 / 3**0.5)  # t(2) · sd / sqrt(3)
+    assert dpo["gold_ci95"] == pytest.approx(0.03 / 3**0.5)  # three independent means averaged
+    c = res["claims"]["dpo_vs_sft"]
+    assert c["diff"] == pytest.approx(0.06) and c["seeds"]["per_seed"] == [0.10, 0.02, 0.06]
+    assert (c["seeds"]["lo"], c["seeds"]["hi"]) == pytest.approx((0.06 - 4.303 * 0.04 / 3**0.5, 0.06 + 4.303 * 0.04 / 3**0.5))
+    assert c["lo"] > 0  # over prompts the pooled interval is clear of zero ...
+    assert report.compare(c, "beats", "trails", "ties") == "ties"  # ... but the seeds disagree: 0.06 ± 0.099
+
+
+TIMES = {"seconds", "wall_s", "eval_s", "date"}  # wall-clock times, and the day a run was made
+
+
+def _comparable(value, out: Path):
+    """results.json without wall-clock times, and with the run's own directory written as OUT."""
+    if isinstance(value, dict):
+        return {k: _comparable(v, out) for k, v in value.items() if k not in TIMES}
+    if isinstance(value, list):
+        return [_comparable(v, out) for v in value]
+    return value.replace(str(out), "OUT") if isinstance(value, str) else value
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_the_same_results_in_a_fresh_directory(quick_demo, tmp_path):
+    """Determinism, pinned: a second quick demo from nothing (same seed, machine and threads) writes
+    the same results.json as the first, every number to the last bit, apart from times and paths."""
+    out, _ = quick_demo
+    again = tmp_path / "again"
+    demo(DemoConfig(out=str(again), quick=True))
+    first = _comparable(json.loads((out / "results.json").read_text()), out)
+    second = _comparable(json.loads((again / "results.json").read_text()), again)
+    assert first["policies"]["dpo"]["gold_per_prompt"] == second["policies"]["dpo"]["gold_per_prompt"]
+    assert first == second
+
+
+@pytest.mark.slow
+def test_markdown_is_the_results_table_and_findings(quick_demo, capsys):
+    out, results = quick_demo
+    assert main(["report", str(out / "results.json"), "--markdown"]) == 0
+    text = capsys.readouterr().out
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in text.splitlines() if line.startswith("| ")}
+    for m, r in results["policies"].items():
+        if m in report.TITLES:
+            assert rows[report.TITLES[m]][1] == f"{r['gold']:.3f}", m
+    assert f"makes {report.comparisons(results)} such comparisons" in text
+    assert "Run: `preftune demo --quick`, seed 0" in text
+    assert "SFT " in text and "DPO " in text  # the findings

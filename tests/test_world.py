@@ -1,5 +1,8 @@
 import hashlib
+import itertools
+import math
 import random
+import statistics
 
 import pytest
 
@@ -89,3 +92,85 @@ def test_bayes_optimal_accuracy_matches_monte_carlo():
             hits += label_a == (pa >= 0.5)
             total += 1
     assert abs(hits / total - exact) < 0.01
+
+
+# ------------------------------------------------------------------ the bound on rankings
+
+
+def _pl_probability(order, u, tau):
+    """P(order) under Plackett–Luce with weights exp(u / tau), straight from the definition."""
+    left, p = list(order), 1.0
+    for item in order:
+        p *= math.exp(u[item] / tau) / sum(math.exp(u[j] / tau) for j in left)
+        left.remove(item)
+    return p
+
+
+def _agreement(order, scores, pairs):
+    """Share of ``pairs`` (of item ids) on which a scorer agrees with the ranking; a tied score counts 1/2."""
+    rank = {item: r for r, item in enumerate(order)}
+    hits = 0.0
+    for i, j in pairs:
+        above = i if rank[i] < rank[j] else j
+        other = j if above == i else i
+        hits += 1.0 if scores[above] > scores[other] else 0.5 if scores[above] == scores[other] else 0.0
+    return hits / len(pairs)
+
+
+UTILITIES = [
+    [0.3, 0.1, -0.2],
+    [1.0, 0.9, 0.9, 0.4],  # a tie: p = 1/2 counts 1/2
+    [0.5, 0.2, 0.2, -0.1, 0.0],
+    [1.0, 0.7333, 0.5333, -0.5, 0.1],  # one truncated (the -0.5 term of gold)
+]
+
+
+@pytest.mark.parametrize("u", UTILITIES)
+@pytest.mark.parametrize("tau", [0.1, 0.3])
+def test_all_pairs_bound_is_what_enumerating_every_order_gives(u, tau):
+    """Expected accuracy on every pair of a Plackett–Luce ranking, summed over all K! orders with their
+    probabilities, for the best scorer (the utilities) and for every other strict ordering: the best
+    one equals the bound, none beats it."""
+    k = len(u)
+    orders = list(itertools.permutations(range(k)))
+    probs = [_pl_probability(o, u, tau) for o in orders]
+    assert sum(probs) == pytest.approx(1.0)
+    pairs = list(itertools.combinations(range(k), 2))
+    bound = lists.bayes_optimal_accuracy([p for _, _, p in lists.ranking_pair_probs(u, tau)])
+    expected = sum(p * _agreement(o, u, pairs) for o, p in zip(orders, probs))
+    assert expected == pytest.approx(bound, abs=1e-12)
+    for scorer in orders:  # scores = the reverse of an order's position: any strict ordering
+        scores = [0.0] * k
+        for r, item in enumerate(scorer):
+            scores[item] = -r
+        assert sum(p * _agreement(o, scores, pairs) for o, p in zip(orders, probs)) <= bound + 1e-12
+
+
+def test_adjacent_pairs_are_not_bounded_by_their_bradley_terry_probabilities():
+    """The old bound: E[max(p, 1-p)] over a sampled ranking's *adjacent* pairs. Enumeration shows
+    the true ceiling on those pairs is lower (adjacent pairs are selected by the draw itself)."""
+    u, tau = [0.5, 0.2, 0.2, -0.1], 0.1
+    orders = list(itertools.permutations(range(4)))
+    probs = [_pl_probability(o, u, tau) for o in orders]
+    p = {(i, j): pij for i, j, pij in lists.ranking_pair_probs(u, tau)}
+    old_bound = sum(w * lists.bayes_optimal_accuracy([p[min(a, b), max(a, b)] for a, b in zip(o, o[1:])]) for o, w in zip(orders, probs))
+    truth = sum(w * _agreement(o, u, [(a, b) for a, b in zip(o, o[1:])]) for o, w in zip(orders, probs))
+    assert truth < old_bound - 0.01
+
+
+def test_simulated_rankings_match_the_all_pairs_bound():
+    """The annotator's own sampler (``preftune annotate``): the true utilities' accuracy on every pair
+    of many drawn rankings converges to the bound, truncation included."""
+    from preftune.commands.sample import plackett_luce_order
+
+    rng = random.Random(1)
+    ann = lists.Annotator(tau=0.1)
+    prompt = lists.format_prompt("Name 3 fruits.")
+    comps = [" apple, pear, plum.", " apple, pear, apple.", " apple, pear.", " apple, pear, plum."]
+    ended = [True, True, True, False]
+    u = [ann.utility(prompt, c, e) for c, e in zip(comps, ended)]
+    assert u[0] == 1.0 and u[3] == 0.5  # the same text, truncated
+    bound = lists.bayes_optimal_accuracy([p for *_, p in lists.ranking_pair_probs(u, ann.tau)])
+    pairs = list(itertools.combinations(range(4), 2))
+    draws = [plackett_luce_order(ann, prompt, comps, ended, rng) for _ in range(20000)]
+    assert statistics.fmean(_agreement(o, u, pairs) for o in draws) == pytest.approx(bound, abs=0.005)

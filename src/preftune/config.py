@@ -95,6 +95,7 @@ class WorldConfig:
     out: str = doc("data/lists", "directory to write the world's data files into")
     seed: int = doc(0, "seed; the same seed gives the same files byte for byte")
     corpus: int = doc(20000, "pretraining documents (corpus.jsonl)")
+    list_facts: float = doc(0.0, "share of the corpus that are sentences about lists: counts, repeats, members")
     sft: int = doc(4000, "demonstrations by the noisy demonstrator (sft.jsonl)")
     prompts: int = doc(2000, "training prompts for sampling and RL (prompts.jsonl)")
     heldout: int = doc(500, "held-out evaluation prompts, from templates never trained on (heldout.jsonl)")
@@ -187,6 +188,9 @@ class RewardConfig:
     eval_data: str = doc("", "held-out comparisons (default: 10 percent of --data)")
     margin: float = doc(0.0, "Bradley–Terry margin m: -log sigmoid(r_w - r_l - m)")
     use_strength: bool = doc(False, "weight each pair by its preference strength (8-point scale)")
+    pool: str = doc(
+        "last", "score from the last token's state, or the head's mean or sum over the completion's tokens", choices=("last", "mean", "sum")
+    )
     ranking_loss: str = doc("pairs", "rankings: all K(K-1)/2 pairs, or the Plackett–Luce likelihood", choices=("pairs", "plackett-luce"))
     world_eval: bool = doc(True, "after training, evaluate against the lists world (needs --tau and the policy)")
     tau: float = doc(0.1, "the simulated annotators' temperature, for the Bayes-optimal accuracy")
@@ -214,8 +218,8 @@ class DPOConfig:
     data: str = doc("", "comparisons: pairs, HH-RLHF transcripts or rankings (expanded into all pairs)", required=True)
     eval_data: str = doc("", "held-out comparisons (default: 5 percent of --data)")
     loss: str = doc("dpo", "preference loss (README: 'Preference losses')", choices=PREFERENCE_LOSSES)
-    # 0.5, not the paper's 0.1: on the lists world's ~8-token answers a sweep gave gold 0.70 at
-    # beta 0.03, 0.71 at 0.1 and 0.79 at 0.5, where well-formedness also survived (README).
+    # 0.5, not the paper's 0.1: on the lists world's ~8-token answers smaller beta drifted further from
+    # pi_SFT for less gold (the demo's frontier: `preftune experiment configs/frontier.yaml`).
     beta: float = doc(0.5, "inverse temperature of the implicit reward (strength of the KL leash)")
     label_smoothing: float = doc(0.1, "cdpo's ε: the assumed probability that a label is flipped")
     simpo_gamma: float = doc(1.0, "simpo's target margin γ: -log sigmoid(β·(mean log π(y_w) - mean log π(y_l)) - γ)")
@@ -265,7 +269,7 @@ class RLConfig:
     )
     ptx_data: str = doc("", "ppo-ptx: pretraining texts, {'text'} rows, mixed into the loss")
     ptx_coef: float = doc(0.0, "ppo-ptx: weight of the pretraining NLL")
-    # lr 1e-4: at 3e-4 REINFORCE's KL ran away (14.6 nats, gold below pi_SFT) in the demo; at 1e-4
+    # lr 1e-4: at 3e-4 REINFORCE's KL ran away (gold fell below pi_SFT's) in an earlier demo; at 1e-4
     # every algorithm lifted gold on the demo's reward model (README, "RLHF").
     device: str = device_field()
     train: TrainConfig = TrainConfig(
@@ -329,7 +333,12 @@ class ExperimentConfig:
 
 @dataclass(frozen=True)
 class ReportConfig:
-    run: str = doc("runs/demo", "a run directory holding results.json (from `preftune demo` or `preftune experiment`)", positional=True)
+    run: str = doc(
+        "runs/demo",
+        "a run directory holding results.json (from `preftune demo` or `preftune experiment`), or a results file",
+        positional=True,
+    )
+    markdown: bool = doc(False, "print the methods table and findings as Markdown (the README's results) instead of writing report.html")
 
 
 # ------------------------------------------------------------------------------ human labels

@@ -60,6 +60,7 @@ class Comparison:
     strength: float | None = None  # from the 8-point scale, 0.5 (barely) .. 1.0 (much better)
     annotator: str | None = None
     group: str | None = None
+    ended: tuple[bool, bool] = (True, True)  # False: that completion never emitted EOS (it is encoded without one)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,10 @@ class Ranking:
     ranking: tuple[int, ...]
     annotator: str | None = None
     group: str | None = None
+    ended: tuple[bool, ...] | None = None  # per completion; None: all ended (each encoded with its EOS)
+
+    def ended_flags(self) -> tuple[bool, ...]:
+        return self.ended if self.ended is not None else (True,) * len(self.completions)
 
 
 # ------------------------------------------------------------------------------------- readers
@@ -187,7 +192,12 @@ def load_comparisons(path: str | Path) -> list[Comparison | Ranking]:
                 raise DataError(path, where, "'completions' must be a list of at least 2 strings")
             if not isinstance(ranking, list) or sorted(ranking) != list(range(len(comps))):
                 raise DataError(path, where, f"'ranking' must be a permutation of 0..{len(comps) - 1}, got {ranking!r}")
-            out.append(Ranking(prompt, tuple(comps), tuple(ranking), **meta))
+            ended = row.get("ended")
+            if ended is not None and (
+                not isinstance(ended, list) or len(ended) != len(comps) or not all(isinstance(e, bool) for e in ended)
+            ):
+                raise DataError(path, where, f"'ended' must be a list of {len(comps)} booleans (one per completion), got {ended!r}")
+            out.append(Ranking(prompt, tuple(comps), tuple(ranking), **meta, ended=None if ended is None else tuple(ended)))
             continue
         # an empty completion (EOS at once) is a legitimate thing to compare
         chosen, rejected = _text(row, "chosen", path, where, allow_empty=True), _text(row, "rejected", path, where, allow_empty=True)
@@ -201,7 +211,10 @@ def load_comparisons(path: str | Path) -> list[Comparison | Ranking]:
         strength = row.get("strength")
         if strength is not None and (not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0):
             raise DataError(path, where, f"'strength' must be a number in [0, 1], got {strength!r}")
-        out.append(Comparison(prompt, chosen, rejected, strength, **meta))
+        ended = tuple(row.get(k, True) for k in ("chosen_ended", "rejected_ended"))
+        if not all(isinstance(e, bool) for e in ended):
+            raise DataError(path, where, f"'chosen_ended' and 'rejected_ended' must be booleans, got {ended!r}")
+        out.append(Comparison(prompt, chosen, rejected, strength, **meta, ended=ended))
     _nonempty(out, path)
     return out
 

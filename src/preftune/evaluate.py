@@ -165,22 +165,115 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return statistics.correlation(rx, ry) if len(x) > 1 else float("nan")
 
 
-def evaluate_reward_model(
-    rm, tokenizer, held: Sequence[Comparison | Ranking], tau: float, policy: str, prompts_path: str, tokens: TokenConfig, n_fresh: int = 400
-) -> dict:
-    """Held-out accuracy next to the Bayes-optimal accuracy of the same simulated labels, Spearman
-    with the gold reward on fresh policy samples, score spread, and calibration."""
+def labelled_pairs(held: Sequence[Comparison | Ranking], tau: float) -> list[tuple[str, str, bool, str, bool, float]]:
+    """The held-out labels as pairs ``(prompt, winner, winner ended, loser, loser ended, p)``: a
+    comparison's one pair, and *every* pair of a ranking; ``p`` is the true probability, under the
+    annotator group that gave the label, that the winner is preferred — for a Plackett–Luce ranking
+    the Bradley–Terry probability of the two (its pairwise marginal; :func:`lists.ranking_pair_probs`)."""
     groups = {"majority": lists.Annotator(tau, 0), "minority": lists.Annotator(tau, 2)}
-    pairs = [(r.prompt, r.chosen, r.rejected, r.group) for r in held if isinstance(r, Comparison)]
+    out = []
     for r in held:
+        ann = groups.get(r.group or "majority", groups["majority"])
         if isinstance(r, Ranking):
-            pairs += [(r.prompt, r.completions[w], r.completions[l], r.group) for w, l in zip(r.ranking, r.ranking[1:])]
-    s_w = score_texts(rm, tokenizer, [(p, w) for p, w, _, _ in pairs], tokens)
-    s_l = score_texts(rm, tokenizer, [(p, l) for p, _, l, _ in pairs], tokens)
-    accuracy = float((s_w > s_l).float().mean())
-    # Bayes-optimal: the true P(a > b) of the annotator group that labelled each pair.
-    p_true = [groups.get(g or "majority", groups["majority"]).p_prefers_a(p, w, l) for p, w, l, g in pairs]
-    bayes = lists.bayes_optimal_accuracy(p_true)
+            ended = r.ended_flags()
+            items = [(r.completions[w], ended[w], r.completions[l], ended[l]) for i, w in enumerate(r.ranking) for l in r.ranking[i + 1 :]]
+        else:
+            items = [(r.chosen, r.ended[0], r.rejected, r.ended[1])]
+        out += [(r.prompt, w, we, l, le, ann.p_prefers_a(r.prompt, w, l, we, le)) for w, we, l, le in items]
+    return out
+
+
+def ratio_ci(hits: Sequence[float], counts: Sequence[int]) -> tuple[float, float]:
+    """``sum(hits) / sum(counts)`` over clusters (prompts) and the half-width of its 95% interval
+    (delta method, clusters independent, pairs within one not)."""
+    m, n = len(counts), sum(counts)
+    r = sum(hits) / n
+    if m < 2:
+        return r, float("nan")
+    nbar = n / m
+    resid = [h - r * c for h, c in zip(hits, counts)]
+    return r, 1.96 * math.sqrt(statistics.variance(resid) / m) / nbar
+
+
+def _within(values: Sequence[float], groups: Sequence[int]) -> list[float]:
+    """``values`` minus the mean of their group (a prompt)."""
+    sums: dict[int, list[float]] = {}
+    for v, g in zip(values, groups):
+        sums.setdefault(g, []).append(v)
+    means = {g: statistics.fmean(v) for g, v in sums.items()}
+    return [v - means[g] for v, g in zip(values, groups)]
+
+
+def _corr(x: Sequence[float], y: Sequence[float]) -> float | None:
+    try:
+        return statistics.correlation(x, y)
+    except statistics.StatisticsError:  # constant: nothing to correlate
+        return None
+
+
+def gold_agreement(samples: Sequence[Sample], scores: Sequence[float], k: int) -> dict:
+    """A scorer against the gold reward where Bradley–Terry identifies it: within each prompt's ``k``
+    samples, the share of pairs with distinct gold that it orders as gold does (a tied score counts
+    1/2), with a 95% interval over prompts; and, per term of the gold reward, the within-prompt
+    correlation of the score with it, next to gold's own (what the scorer has learnt of each term)."""
+    gold = [lists.gold_reward(s.prompt, s.completion, s.ended) for s in samples]
+    hits, counts = [], []
+    for g in range(0, len(samples), k):
+        h = c = 0
+        for i in range(g, g + k):
+            for j in range(i + 1, g + k):
+                if gold[i] != gold[j]:
+                    c += 1
+                    d = (scores[i] - scores[j]) * (gold[i] - gold[j])
+                    h += 1.0 if d > 0 else 0.5 if scores[i] == scores[j] else 0.0
+        if c:
+            hits.append(h)
+            counts.append(c)
+    acc, ci = ratio_ci(hits, counts) if counts else (float("nan"), float("nan"))
+    group = [i // k for i in range(len(samples))]
+    comps = [lists.components(s.prompt, s.completion, s.ended) for s in samples]
+    score_w, gold_w = _within(scores, group), _within(gold, group)
+    per_component = {}
+    for name in lists.COMPONENTS:
+        x = _within([c[name] for c in comps], group)
+        per_component[name] = {"score": _corr(score_w, x), "gold": _corr(gold_w, x)}
+    return {"gold_pair_accuracy": acc, "gold_pair_accuracy_ci95": ci, "gold_pairs": sum(counts), "components": per_component}
+
+
+@torch.no_grad()
+def score_samples(rm, samples: Sequence[Sample], pad_id: int, batch_size: int = 256) -> list[float]:
+    """Reward-model scores of sampled completions, as sampled (EOS only where one was emitted)."""
+    out = []
+    for i in range(0, len(samples), batch_size):
+        batch = collate([s.encoded() for s in samples[i : i + batch_size]], pad_id)
+        out += rm(batch.input_ids, batch.attention_mask, batch.completion_mask).tolist()
+    return out
+
+
+def evaluate_reward_model(
+    rm,
+    tokenizer,
+    held: Sequence[Comparison | Ranking],
+    tau: float,
+    policy: str,
+    prompts_path: str,
+    tokens: TokenConfig,
+    n_fresh: int = 500,
+    k_fresh: int = 4,
+) -> dict:
+    """A reward model on the held-out labels, next to the Bayes-optimal accuracy of those same pairs
+    (every pair of a ranking; :func:`labelled_pairs`), and against the gold reward on fresh samples
+    of the policy, ``k_fresh`` per prompt (:func:`gold_agreement`); score spread and calibration.
+
+    Accuracy counts a tied score 1/2, as the bound counts a pair of equal utilities. Bradley–Terry
+    identifies a reward only up to a constant per prompt, so the across-prompt Spearman correlation
+    with gold (kept for comparison) mostly measures offsets between prompts that no label constrains.
+    """
+    pairs = labelled_pairs(held, tau)
+    s_w = score_texts(rm, tokenizer, [(p, w) for p, w, we, *_ in pairs], tokens, [we for _, _, we, *_ in pairs])
+    s_l = score_texts(rm, tokenizer, [(p, l) for p, _, _, l, _, _ in pairs], tokens, [le for *_, le, _ in pairs])
+    accuracy = float(((s_w > s_l).float() + 0.5 * (s_w == s_l).float()).mean())
+    bayes = lists.bayes_optimal_accuracy([p for *_, p in pairs])
     # Calibration: predicted P(chosen > rejected) = sigmoid(s_w - s_l) against how often the
     # label agreed, in bins of the prediction folded to [0.5, 1].
     pred = torch.sigmoid(s_w - s_l).tolist()
@@ -197,32 +290,42 @@ def evaluate_reward_model(
                     "observed": observed,
                 }
             )
-    # Spearman against the gold reward on fresh samples of the policy.
+    # Against gold on fresh samples of the policy, k per prompt.
     model, ptok = load_policy(policy)
     prompts = (
         load_prompts(prompts_path)[:n_fresh] if prompts_path else [r["prompt"] for r in lists.prompts(n_fresh, seed=12345, split="heldout")]
     )
-    fresh = sample(model, ptok, prompts, SamplingConfig(seed=4321))
+    fresh = sample(model, ptok, prompts, SamplingConfig(seed=4321), n=k_fresh)
     gold = [lists.gold_reward(s.prompt, s.completion, s.ended) for s in fresh]
-    scores = score_texts(rm, tokenizer, [(s.prompt, s.completion) for s in fresh], tokens).tolist()
+    scores = score_samples(rm, fresh, tokenizer.pad_token_id)
     return {
         "held_out_pairs": len(pairs),
         "accuracy": accuracy,
         "bayes_optimal_accuracy": bayes,
         "accuracy_over_bayes": accuracy / bayes,
+        **gold_agreement(fresh, scores, k_fresh),
         "spearman_gold": spearman(scores, gold),
         "fresh_samples": len(fresh),
+        "fresh_per_prompt": k_fresh,
         "score_mean": statistics.fmean(scores),
         "score_std": statistics.stdev(scores),
         "calibration": bins,
     }
 
 
+def _r(x: float | None) -> str:
+    return "–" if x is None else f"{x:+.2f}"
+
+
 def format_reward_report(r: dict) -> str:
     lines = [
         f"held-out accuracy      {r['accuracy']:.3f}  on {r['held_out_pairs']} pairs",
         f"Bayes-optimal accuracy {r['bayes_optimal_accuracy']:.3f}  (ratio {r['accuracy_over_bayes']:.3f})",
-        f"Spearman with gold     {r['spearman_gold']:.3f}  on {r['fresh_samples']} fresh policy samples",
+        f"gold pair accuracy     {r['gold_pair_accuracy']:.3f} ± {r['gold_pair_accuracy_ci95']:.3f}  on {r['gold_pairs']} within-prompt pairs "
+        f"of {r['fresh_samples']} fresh policy samples ({r['fresh_per_prompt']} per prompt)",
+        f"Spearman with gold     {r['spearman_gold']:.3f}  across prompts (mostly offsets between prompts, which labels do not fix)",
+        "within-prompt correlation with each term of gold (score / gold): "
+        + ", ".join(f"{k} {_r(c['score'])}/{_r(c['gold'])}" for k, c in r["components"].items()),
         f"score spread           mean {r['score_mean']:+.3f}  sd {r['score_std']:.3f}",
         "calibration (predicted -> observed agreement with the label):",
     ]

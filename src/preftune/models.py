@@ -184,6 +184,8 @@ def n_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
 # ---------------------------------------------------------------------------------- reward model
 
 REWARD_OFFSET_KEY = "preftune_reward_offset"
+REWARD_POOL_KEY = "preftune_reward_pool"
+POOLS = ("last", "mean", "sum")
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -195,9 +197,11 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 class RewardModel(torch.nn.Module):
     """The policy's transformer with the unembedding replaced by a scalar head.
 
-    Wraps a ``*ForSequenceClassification`` model with one label: the score is the head applied
-    to the hidden state of the last real token (the EOS of a finished completion), minus a
-    stored ``offset`` that centres reference-policy samples at 0.
+    Wraps a ``*ForSequenceClassification`` model with one label. The score is, by the model's
+    ``pool`` (saved in its config): ``last``, the head applied to the hidden state of the last real
+    token (the EOS of a finished completion); ``mean`` or ``sum``, the head applied at every
+    completion token, averaged or summed — minus a stored ``offset`` that centres reference-policy
+    samples at 0. A pooled model needs the completion mask.
     """
 
     def __init__(self, model: PreTrainedModel):
@@ -209,11 +213,21 @@ class RewardModel(torch.nn.Module):
     def offset(self) -> float:
         return float(getattr(self.config, REWARD_OFFSET_KEY, 0.0))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    @property
+    def pool(self) -> str:
+        return getattr(self.config, REWARD_POOL_KEY, "last")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Scores (B,) for padded sequences (B, T) padded on either side."""
         hidden = self._hidden(input_ids, attention_mask)
-        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask.to(hidden.device))]  # (B, H)
-        return self.model.score(last).squeeze(-1).float() - self.offset
+        if self.pool == "last":
+            last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask.to(hidden.device))]  # (B, H)
+            return self.model.score(last).squeeze(-1).float() - self.offset
+        if completion_mask is None:
+            raise ValueError(f"a reward model with pool={self.pool!r} scores the completion's tokens: pass completion_mask")
+        mask = completion_mask.to(hidden.device).float()
+        total = (self.model.score(hidden).squeeze(-1).float() * mask).sum(-1)
+        return (total if self.pool == "sum" else total / mask.sum(-1).clamp(min=1.0)) - self.offset
 
     def token_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The head at every position (B, T): PPO's value of each prefix."""
@@ -227,10 +241,26 @@ class RewardModel(torch.nn.Module):
         return hidden if packing is None else packing.unpack(hidden)  # (B, T, H)
 
 
-def build_reward_model(policy_dir: str | Path, seed: int = 0) -> tuple[RewardModel, PreTrainedTokenizerBase]:
+class RewardEnsemble(torch.nn.Module):
+    """Several reward models as one: the mean of their scores, minus ``k`` times their standard
+    deviation (``k`` > 0: a conservative proxy that pays for disagreement, as for RL against it)."""
+
+    def __init__(self, members: list[RewardModel], k: float = 0.0):
+        super().__init__()
+        self.members, self.k = torch.nn.ModuleList(members), k
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor | None = None) -> torch.Tensor:
+        scores = torch.stack([m(input_ids, attention_mask, completion_mask) for m in self.members])  # (M, B)
+        return scores.mean(0) - (self.k * scores.std(0) if self.k else 0.0)
+
+
+def build_reward_model(policy_dir: str | Path, seed: int = 0, pool: str = "last") -> tuple[RewardModel, PreTrainedTokenizerBase]:
     """A reward model initialised from a policy: same transformer, a fresh zero-mean scalar head."""
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(str(policy_dir), num_labels=1, local_files_only=True)
+    setattr(model.config, REWARD_POOL_KEY, pool)
     tokenizer = load_tokenizer(policy_dir)
     model.config.pad_token_id = tokenizer.pad_token_id
     with torch.no_grad():

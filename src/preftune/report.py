@@ -2,7 +2,9 @@
 
 Nothing in the report is typed in by hand: every number is a ``<span class="num" data-key=...>``
 that formats the value at that path of ``results.json`` (a test checks each one against the
-file), and every sentence that states a result chooses its words from those values.
+file), and every sentence that states a comparison chooses its words from a 95% interval — the
+seed-level one when the run has several seeds (:func:`verdict_interval`). :func:`markdown`
+renders the same findings as Markdown (``preftune report RUN --markdown``: the README's results).
 """
 
 from __future__ import annotations
@@ -60,8 +62,51 @@ class Html:
         return f'<span class="num" data-key="{html.escape(key)}" data-digits="{digits}">{text}</span>'
 
     def interval(self, key: str) -> str:
-        """``diff (95% CI lo to hi)`` of a paired-bootstrap claim."""
-        return f"{self.num(key + '.diff', -3)} (95% CI {self.num(key + '.lo', -3)} to {self.num(key + '.hi', -3)})"
+        """``diff (95% CI lo to hi)`` of a claim; with seeds, the interval over seeds next to the one over prompts."""
+        claim = lookup(self.res, key)
+        text = f"{self.num(key + '.diff', -3)} (95% CI {self.num(key + '.lo', -3)} to {self.num(key + '.hi', -3)}"
+        if "seeds" in claim:
+            text = (
+                f"{self.num(key + '.seeds.diff', -3)} (95% CI over {self.num(key + '.seeds.n', 0)} seeds {self.num(key + '.seeds.lo', -3)} "
+                f"to {self.num(key + '.seeds.hi', -3)}; over prompts, seed {self.num('seeds.0', 0)}: {self.num(key + '.lo', -3)} to {self.num(key + '.hi', -3)}"
+            )
+        return text + ")"
+
+
+class Text(Html):
+    """The same sentences as plain text (Markdown): numbers without their spans."""
+
+    def num(self, key: str, digits: int = 3) -> str:
+        return fmt(lookup(self.res, key), digits)
+
+
+def verdict_interval(claim: dict) -> dict:
+    """The interval a verdict is read from: over seeds when the run has them, else over prompts."""
+    return claim.get("seeds", claim)
+
+
+def above(claim: dict) -> bool:
+    ci = verdict_interval(claim)
+    return ci["lo"] is not None and ci["lo"] > 0
+
+
+def below(claim: dict) -> bool:
+    ci = verdict_interval(claim)
+    return ci["hi"] is not None and ci["hi"] < 0
+
+
+def compare(claim: dict, better: str, worse: str, same: str) -> str:
+    """``better`` if the claim's interval lies above zero, ``worse`` if below, else ``same``."""
+    return better if above(claim) else worse if below(claim) else same
+
+
+def comparisons(res: dict) -> int:
+    """How many intervals the report's verdicts are read from (each at 95%)."""
+    n = 0
+    for claim in res.get("claims", {}).values():
+        n += isinstance(claim, dict) and "lo" in claim and "hi" in claim
+    n += 2 * len(res.get("overoptimisation", {}).get("runs", []))  # each run's proxy and gold change
+    return n
 
 
 def _head(*titles: str) -> str:
@@ -94,10 +139,6 @@ section{margin-top:2em}
 """
 
 
-def _say(better: bool, yes: str, no: str) -> str:
-    return yes if better else no
-
-
 def _methods(h: Html, res: dict, figures: list[str]) -> str | None:
     pol = res.get("policies", {})
     rows = [m for m in HEADLINE if m in pol]
@@ -128,17 +169,35 @@ def _methods(h: Html, res: dict, figures: list[str]) -> str | None:
     return "\n".join([table, note, *figure]) + "\n"
 
 
+def _sft_findings(h: Html, res: dict) -> list[str]:
+    c = res.get("claims", {})
+    if "sft_vs_demonstrator" not in c:
+        return []
+    out = [
+        f"SFT {compare(c['sft_vs_demonstrator'], 'beats', 'stays below', 'is indistinguishable from')} the demonstrator it imitates: "
+        f"{h.interval('claims.sft_vs_demonstrator')}."
+    ]
+    tuned = [m for m in HEADLINE if f"{m}_vs_sft" in c]
+    groups = {
+        "beat SFT": [m for m in tuned if above(c[f"{m}_vs_sft"])],
+        "are indistinguishable from SFT": [m for m in tuned if not above(c[f"{m}_vs_sft"]) and not below(c[f"{m}_vs_sft"])],
+        "fall below SFT": [m for m in tuned if below(c[f"{m}_vs_sft"])],
+    }
+    said = "; ".join(f"{', '.join(TITLES[m] for m in ms)} {verb}" for verb, ms in groups.items() if ms)
+    out.append(f"Against SFT (the interval of each method's difference in gold reward): {html.escape(said)}.")
+    beat = c["beat_demonstrator"]
+    out.append(
+        f"Methods whose difference to the demonstrator lies above zero: {h.num('claims.beat_demonstrator.count', 0)} "
+        f"of {h.num('claims.beat_demonstrator.of', 0)} ({html.escape(', '.join(TITLES.get(m, m) for m in beat['methods']) or 'none')})."
+    )
+    return out
+
+
 def _vs_sft(h: Html, res: dict, figures: list[str]) -> str | None:
     c = res.get("claims", {})
     if "sft_vs_demonstrator" not in c:
         return None
-    sft_below = c["sft_vs_demonstrator"]["hi"] < 0
-    text = (
-        f"SFT {_say(sft_below, 'stays below', 'does not stay below')} the demonstrator it imitates: {h.interval('claims.sft_vs_demonstrator')}. "
-        f"Preference-tuned policies that beat the demonstrator with a bootstrap interval above zero: {h.num('claims.beat_demonstrator.count', 0)} "
-        f"of {h.num('claims.beat_demonstrator.of', 0)} "
-        f"({html.escape(', '.join(c['beat_demonstrator']['methods']) or 'none')})."
-    )
+    text = " ".join(_sft_findings(h, res))
     rows = [
         _row(TITLES[m], h.interval(f"claims.{m}_vs_sft"), h.interval(f"claims.{m}_vs_demonstrator")) for m in HEADLINE if f"{m}_vs_sft" in c
     ]
@@ -154,32 +213,66 @@ def _frontier(h: Html, res: dict, figures: list[str]) -> str | None:
         for i in range(len(pts)):
             k = f"frontier.{method}.{i}"
             rows.append(_row(method.upper(), h.num(k + ".beta", 2), h.num(k + ".gold"), h.num(k + ".gold_ci95"), h.num(k + ".kl")))
+    summary = [f"<p>{x}</p>" for x in _frontier_findings(h, res)]
+    return _block(*figure, _table(_head("method", "β", "gold", "± CI", "KL"), rows), *summary)
+
+
+def _frontier_findings(h: Html, res: dict) -> list[str]:
     best = res.get("claims", {}).get("frontier_best", {})
+    if not best:
+        return []
     points = "; ".join(
         f"{m.upper()} {h.num(f'claims.frontier_best.{m}.gold')} at KL {h.num(f'claims.frontier_best.{m}.kl', 2)} (β {h.num(f'claims.frontier_best.{m}.beta', 2)})"
         for m in best
     )
-    summary = [f"<p>Best point per method: {points}.</p>"] if best else []
-    return _block(*figure, _table(_head("method", "β", "gold", "± CI", "KL"), rows), *summary)
+    return [f"On the frontier, the β with the highest mean gold per method (a point estimate, not a comparison): {points}."]
+
+
+def _online_findings(h: Html, res: dict) -> list[str]:
+    c = res.get("claims", {})
+    out = []
+    for other in ("ppo", "rloo"):
+        if f"dpo_vs_{other}" in c:
+            verdict = compare(c[f"dpo_vs_{other}"], "beats", "trails", "is indistinguishable from")
+            out.append(
+                f"DPO {verdict} {other.upper()} at their default β: {h.interval(f'claims.dpo_vs_{other}')} in gold reward, "
+                f"at KL {h.num('policies.dpo.kl', 2)} against {h.num(f'policies.{other}.kl', 2)}."
+            )
+    return out
 
 
 def _offline_online(h: Html, res: dict, figures: list[str]) -> str | None:
-    c = res.get("claims", {})
-    if "dpo_vs_ppo" not in c:
+    lines = _online_findings(h, res)
+    if not lines:
         return None
-    lines = []
-    for other in ("ppo", "rloo"):
-        d = c[f"dpo_vs_{other}"]
-        verdict = "beats" if d["lo"] > 0 else "trails" if d["hi"] < 0 else "is indistinguishable from"
-        lines.append(
-            f"DPO {verdict} {other.upper()} at their default β: {h.interval(f'claims.dpo_vs_{other}')} in gold reward, "
-            f"at KL {h.num('policies.dpo.kl', 2)} against {h.num(f'policies.{other}.kl', 2)}. "
-        )
     lines.append(
         "DPO learns from the fixed comparisons of pi_SFT's samples; the RL methods sample their own completions and are "
-        "scored by the reward model trained on those comparisons.</p>"
+        "scored by the reward model trained on those comparisons."
     )
-    return "\n".join(["<p>", *lines])
+    return "<p>\n" + "\n".join(lines) + "</p>"
+
+
+def _overopt_findings(h: Html, res: dict) -> list[str]:
+    o = res.get("overoptimisation")
+    if not o:
+        return []
+    out = []
+    for i, run in enumerate(o["runs"]):
+        k = f"overoptimisation.runs.{i}.summary"
+        sm = run["summary"]
+        verdict = (
+            "over-optimises: the proxy rises while gold falls"
+            if sm["overoptimised"]
+            else f"does not over-optimise: the proxy {compare(sm['proxy_change'], 'rises', 'falls', 'does not move clearly')}, "
+            f"gold {compare(sm['gold_change'], 'rises', 'falls', 'does not move clearly')}"
+        )
+        out.append(
+            f"{o['algo'].upper()} at β = {h.num(f'overoptimisation.runs.{i}.beta', 2)} against the reward model from "
+            f"{h.num('overoptimisation.comparisons', 0)} rankings {verdict}. Proxy {h.num(k + '.proxy_start')} → {h.num(k + '.proxy_end')} "
+            f"(change {h.interval(k + '.proxy_change')}), gold {h.num(k + '.gold_start')} → {h.num(k + '.gold_end')} "
+            f"(change {h.interval(k + '.gold_change')}; peak {h.num(k + '.gold_peak')} at KL {h.num(k + '.kl_peak', 2)}), final KL {h.num(k + '.kl_end', 2)}."
+        )
+    return out
 
 
 def _overoptimisation(h: Html, res: dict, figures: list[str]) -> str | None:
@@ -188,18 +281,12 @@ def _overoptimisation(h: Html, res: dict, figures: list[str]) -> str | None:
     o = res["overoptimisation"]
     intro = (
         f"<p>{o['algo'].upper()} against a reward model trained on only {h.num('overoptimisation.comparisons', 0)} rankings "
-        f"(held-out accuracy {h.num('overoptimisation.reward_model.accuracy')}, Bayes-optimal {h.num('overoptimisation.reward_model.bayes_optimal_accuracy')}, "
-        f"Spearman with gold {h.num('overoptimisation.reward_model.spearman_gold')}), {h.num('overoptimisation.iterations', 0)} iterations.</p><ul>"
+        f"(gold pair accuracy {h.num('overoptimisation.reward_model.gold_pair_accuracy')}, held-out accuracy "
+        f"{h.num('overoptimisation.reward_model.accuracy')} of a Bayes-optimal {h.num('overoptimisation.reward_model.bayes_optimal_accuracy')}), "
+        f"{h.num('overoptimisation.iterations', 0)} iterations. Changes are from the first iteration's rollouts to the last's, "
+        "with 95% intervals over rollouts.</p><ul>"
     )
-    items = []
-    for i, run in enumerate(o["runs"]):
-        k = f"overoptimisation.runs.{i}.summary"
-        verdict = "over-optimises: the proxy rises while gold falls" if run["summary"]["overoptimised"] else "does not over-optimise"
-        items.append(
-            f"<li>β = {h.num(f'overoptimisation.runs.{i}.beta', 2)} {verdict}. Proxy {h.num(k + '.proxy_start')} → {h.num(k + '.proxy_end')}, "
-            f"gold {h.num(k + '.gold_start')} → {h.num(k + '.gold_end')} (peak {h.num(k + '.gold_peak')} at KL {h.num(k + '.kl_peak', 2)}), "
-            f"final KL {h.num(k + '.kl_end', 2)}.</li>"
-        )
+    items = [f"<li>{x}</li>" for x in _overopt_findings(h, res)]
     caption = "Proxy score and gold reward of each iteration's rollouts against their KL to pi_SFT (darker = later iteration)"
     figure = [_figure("overoptimisation", caption)] if "overoptimisation" in figures else []
     return _block(intro, *items, "</ul>", *figure)
@@ -217,30 +304,97 @@ def _diverse(h: Html, res: dict, figures: list[str]) -> str | None:
         k = f"diverse.rows.{i}"
         rows.append(_row(html.escape(r["policy"]), r["group"], h.num(k + ".utility"), h.num(k + ".ci95"), h.num(k + ".length_items", 2)))
     table = _table(_head("policy", "group", "group's utility", "± CI", "items per answer"), rows)
-    d = res.get("claims", {}).get("diverse", {})
-    if not d:
-        return _block(intro, table)
-    claim = (
-        f"<p>Conditioning on the group {_say(d['minority_gain'] > 0, 'raises', 'does not raise')} the minority's utility: "
-        f"{h.num('claims.diverse.pooled_minority')} pooled against {h.num('claims.diverse.conditioned_minority')} conditioned "
-        f"(change {h.num('claims.diverse.minority_gain', -3)}); the majority gets {h.num('claims.diverse.pooled_majority')} "
-        f"and {h.num('claims.diverse.conditioned_majority')}.</p>"
-    )
-    return _block(intro, table, claim)
+    findings = _diverse_findings(h, res)
+    return _block(intro, table, *(f"<p>{x}</p>" for x in findings))
+
+
+def _diverse_findings(h: Html, res: dict) -> list[str]:
+    c = res.get("claims", {})
+    if "diverse_minority_gain" not in c:
+        return []
+    return [
+        f"Naming the labeller's group in the prompt {compare(c['diverse_minority_gain'], 'raises', 'lowers', 'does not change detectably')} "
+        f"the minority's utility ({h.num('claims.diverse.pooled_minority')} pooled, {h.num('claims.diverse.conditioned_minority')} conditioned: "
+        f"{h.interval('claims.diverse_minority_gain')}) and {compare(c['diverse_majority_gain'], 'raises', 'lowers', 'does not change detectably')} "
+        f"the majority's ({h.num('claims.diverse.pooled_majority')} and {h.num('claims.diverse.conditioned_majority')}: "
+        f"{h.interval('claims.diverse_majority_gain')})."
+    ]
+
+
+def _rm_findings(h: Html, res: dict) -> list[str]:
+    if "reward_model" not in res:
+        return []
+    k = "reward_model"
+    return [
+        f"The reward model orders {h.num(k + '.gold_pair_accuracy')} (± {h.num(k + '.gold_pair_accuracy_ci95')}) of the within-prompt pairs "
+        f"of fresh pi_SFT samples with different gold reward as gold does; on held-out labels it reaches {h.num(k + '.accuracy')}, "
+        f"{h.num(k + '.accuracy_over_bayes')} of the Bayes-optimal {h.num(k + '.bayes_optimal_accuracy')}."
+    ]
 
 
 def _reward_model(h: Html, res: dict, figures: list[str]) -> str | None:
     if "reward_model" not in res:
         return None
     models = [("all rankings", "reward_model")] + [("few rankings", "overoptimisation.reward_model")] * ("overoptimisation" in res)
-    keys = ("accuracy", "bayes_optimal_accuracy", "accuracy_over_bayes", "spearman_gold")
+    keys = ("gold_pair_accuracy", "gold_pair_accuracy_ci95", "accuracy", "bayes_optimal_accuracy", "accuracy_over_bayes", "spearman_gold")
     rows = [_row(label, *(h.num(f"{k}.{key}") for key in keys)) for label, k in models]
+    head = _head("reward model", "gold pair accuracy", "± CI", "held-out accuracy", "Bayes-optimal", "ratio", "Spearman across prompts")
+    comps = res["reward_model"].get("components", {})
+    crow = [
+        _row(name.replace("_", " "), h.num(f"reward_model.components.{name}.score", -2), h.num(f"reward_model.components.{name}.gold", -2))
+        for name in comps
+    ]
     note = (
-        "<p class='note'>The Bayes-optimal accuracy is E[max(p, 1−p)] of the simulated annotators' own "
-        "label probabilities on the same held-out pairs: no model can do better on those labels.</p>"
+        "<p class='note'>Gold pair accuracy: fresh pi_SFT samples, several per held-out prompt; the share of pairs of the same prompt with "
+        "different gold reward that the reward model orders as gold does (a tied score counts ½), with its 95% interval over prompts — "
+        "Bradley–Terry identifies a reward only within a prompt. Held-out accuracy is on every pair of each held-out ranking; the "
+        "Bayes-optimal accuracy is E[max(p, 1−p)] of the simulated annotators' own label probabilities on those same pairs (a "
+        "Plackett–Luce ranking's pairs are Bradley–Terry), truncation included: no model can do better on those labels. The Spearman "
+        "correlation across prompts mostly measures offsets between prompts that no label fixes. Below: within-prompt correlation of "
+        "the reward model's score, and of gold, with each term of the gold reward — what the reward model has learnt of each.</p>"
     )
-    head = _head("reward model", "held-out accuracy", "Bayes-optimal", "ratio", "Spearman with gold")
-    return "\n".join(["<table>", head, *rows, "</table>" + note])
+    parts = [_table(head, rows), note]
+    if crow:
+        parts.append(_table(_head("term of gold", "reward model", "gold"), crow))
+    return _block(*parts)
+
+
+LEVER_COLUMNS = (
+    ("gold_pair_accuracy", "gold pair accuracy", 3),
+    ("gold_pair_accuracy_ci95", "± CI", 3),
+    ("accuracy", "held-out accuracy", 3),
+    ("bayes_optimal_accuracy", "Bayes-optimal", 3),
+    ("accuracy_over_bayes", "ratio", 3),
+    ("components.duplicates", "r(duplicates)", -2),
+    ("components.count_error", "r(count error)", -2),
+    ("components.wrong", "r(wrong items)", -2),
+    ("components.coverage", "r(coverage)", -2),
+)
+
+
+def _lever_rows(h: Html, res: dict) -> list[list[str]]:
+    rows = []
+    for i, r in enumerate(res.get("reward_levers", [])):
+        rows.append([html.escape(r["lever"]), *(h.num(f"reward_levers.{i}.{key}", d) for key, _, d in LEVER_COLUMNS)])
+    if rows:
+        gold = res["reward_levers"][0]["gold_components"]
+        rows.append(["gold itself", *["–"] * 5, *(fmt(gold[key.split(".")[1]], -2) for key, _, _ in LEVER_COLUMNS[5:])])
+    return rows
+
+
+LEVERS_NOTE = (
+    "One reward model per row, each changing one thing from the first row; r(term) is the within-prompt correlation of its "
+    "score with that term of the gold reward on fresh pi_SFT samples (the last row: gold's own). A lever that changes the "
+    "pipeline (corpus, pretraining) is measured on its own pi_SFT's samples."
+)
+
+
+def _levers(h: Html, res: dict, figures: list[str]) -> str | None:
+    rows = _lever_rows(h, res)
+    if not rows:
+        return None
+    head = _head("lever", *(title for _, title, _ in LEVER_COLUMNS))
+    return _block(_table(head, [_row(*r) for r in rows]), f"<p class='note'>{html.escape(LEVERS_NOTE)}</p>")
 
 
 def _samples(h: Html, res: dict, figures: list[str]) -> str | None:
@@ -264,10 +418,31 @@ SECTIONS = (
     ("overoptimisation", "Over-optimisation", _overoptimisation),
     ("diverse", "Diverse preferences", _diverse),
     ("reward-model", "Reward model against the Bayes optimum", _reward_model),
+    ("reward-levers", "Reward-model levers", _levers),
     ("samples", "Samples side by side", _samples),
 )
 """(id, heading, body) of each section in page order; ``body`` gives the HTML between the ``<h2>`` and
 ``</section>``, or None when ``results.json`` has nothing for it. Only sections with a body are numbered."""
+
+
+def findings(h: Html, res: dict) -> list[str]:
+    """Every sentence of the report that states a result, in page order."""
+    parts = (_sft_findings, _frontier_findings, _online_findings, _overopt_findings, _diverse_findings, _rm_findings)
+    return [x for part in parts for x in part(h, res)]
+
+
+def _intervals_note(h: Html, res: dict) -> str:
+    n = comparisons(res)
+    seeds = res.get("seeds") or []
+    over = (
+        f"over {len(seeds)} training seeds (a t interval of the per-seed results; the interval over prompts of the first seed is shown beside it)"
+        if len(seeds) > 1
+        else "over prompts (paired bootstrap), for one training seed: they say nothing about another seed"
+    )
+    return (
+        f"Each verdict is read from a 95% interval {over}; the report makes {n} such comparisons, so about "
+        f"{n / 20:.0f} of them may land on the wrong side by chance."
+    )
 
 
 def build(res: dict, figures: list[str]) -> str:
@@ -276,15 +451,55 @@ def build(res: dict, figures: list[str]) -> str:
     parts.append("<h1>preftune: preference tuning on the lists world</h1>")
     parts.append(
         f"<p class='note'>All numbers below are computed from <code>results.json</code>: mean gold reward on {h.num('heldout_prompts', 0)} "
-        "held-out prompts (templates never seen in training), ± the 95% normal interval over prompts; differences between two policies "
-        "are paired over prompts with a 95% bootstrap interval. One training seed per method (a seed sweep does not fit in the demo's "
-        f"budget). Total time {h.num('seconds.total', 0)} s.</p>"
+        "held-out prompts (templates never seen in training), ± the 95% normal interval over prompts. "
+        f"{html.escape(_intervals_note(h, res))} {html.escape(_provenance(res))} Total time {h.num('seconds.total', 0)} s.</p>"
     )
     bodies = [(sid, title, body) for sid, title, section in SECTIONS if (body := section(h, res, figures)) is not None]
     for n, (sid, title, body) in enumerate(bodies, start=1):
         parts.append(f"<section id='{sid}'><h2>{n}. {title}</h2>{body}</section>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _provenance(res: dict) -> str:
+    """Which run the numbers come from: command, seeds, machine, date, commit (as results.json records them)."""
+    run = res.get("run") or {}
+    if not run:
+        return ""
+    seeds = ", ".join(str(x) for x in res.get("seeds") or [run.get("seed")])
+    return (
+        f"Run: `{run.get('command')}`, seed{'s' if len(res.get('seeds') or []) > 1 else ''} {seeds}, on {run.get('machine')} "
+        f"({run.get('threads')} threads), {run.get('date')}, preftune {res.get('preftune')} at commit {run.get('commit') or 'unknown'}."
+    )
+
+
+def markdown(res: dict, source: str) -> str:
+    """The README's results: the methods table and every finding, as Markdown, from ``results.json`` alone."""
+    h = Text(res)
+    pol = res.get("policies", {})
+    rows = [m for m in HEADLINE if m in pol]
+    seeded = any("gold_seeds_ci95" in pol[m] for m in rows)
+    head = ["policy", "gold reward", "± 95% CI (prompts)", *(["± 95% CI (seeds)"] if seeded else []), "win rate vs SFT", "KL to SFT"]
+    head += ["length", "well-formed", "distinct-2", "train s"]
+    lines = [f"*From `{source}`.* {_provenance(res)}", ""]
+    if rows:
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in rows:
+        k = f"policies.{m}"
+        cells = [TITLES[m], h.num(k + ".gold"), h.num(k + ".gold_ci95")]
+        cells += [h.num(k + ".gold_seeds_ci95") if "gold_seeds_ci95" in pol[m] else "–"] * seeded
+        cells += [h.num(k + ".win_rate"), h.num(k + ".kl", 2), h.num(k + ".length", 1), h.num(k + ".well_formed"), h.num(k + ".distinct2")]
+        cells.append(h.num(k + ".wall_s", 0) if pol[m].get("wall_s") is not None else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    said = findings(h, res)
+    if said:
+        lines += ["", _intervals_note(h, res), "", *(f"- {x}" for x in said)]
+    levers = _lever_rows(h, res)
+    if levers:
+        titles = ["lever", *(title for _, title, _ in LEVER_COLUMNS)]
+        lines += ["", "| " + " | ".join(titles) + " |", "|" + "---|" * len(titles), *("| " + " | ".join(r) + " |" for r in levers)]
+        lines += ["", LEVERS_NOTE]
+    return "\n".join(lines) + "\n"
 
 
 def summary_table(res: dict) -> str:
@@ -302,11 +517,18 @@ def summary_table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def render(run: str | Path) -> Path:
+def results_path(run: str | Path) -> Path:
+    """A run directory's results.json, or a results file itself."""
     run = Path(run)
-    path = run / "results.json"
+    path = run if run.suffix == ".json" else run / "results.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no results here (run `preftune demo` or `preftune experiment` first)")
+    return path
+
+
+def render(run: str | Path) -> Path:
+    path = results_path(run)
+    run = path.parent
     res = json.loads(path.read_text())
     from .figures import draw  # matplotlib is imported only to draw
 

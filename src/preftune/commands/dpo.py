@@ -23,12 +23,13 @@ def to_pairs(records, tokenizer, tokens: TokenConfig) -> list[Pair]:
     pairs = []
     for r in records:
         if isinstance(r, Ranking):
-            items = [(r.completions[w], r.completions[l], 1.0) for i, w in enumerate(r.ranking) for l in r.ranking[i + 1 :]]
+            c, e = r.completions, r.ended_flags()
+            items = [((c[w], e[w]), (c[l], e[l]), 1.0) for i, w in enumerate(r.ranking) for l in r.ranking[i + 1 :]]
         else:
             assert isinstance(r, Comparison)
-            items = [(r.chosen, r.rejected, 1.0 if r.strength is None else r.strength)]
-        for chosen, rejected, strength in items:
-            enc = [encode(tokenizer, r.prompt, t, tokens.max_length, tokens.max_prompt_length) for t in (chosen, rejected)]
+            items = [((r.chosen, r.ended[0]), (r.rejected, r.ended[1]), 1.0 if r.strength is None else r.strength)]
+        for chosen, rejected, strength in items:  # a completion that never ended is encoded without an EOS
+            enc = [encode(tokenizer, r.prompt, t, tokens.max_length, tokens.max_prompt_length, add_eos=e) for t, e in (chosen, rejected)]
             pairs.append(Pair(enc[0], enc[1], strength))
     return pairs
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from .. import distributed
 from ..config import DemoConfig, ExperimentConfig, ReportConfig, to_dict
 from ..experiments import DEMO_FILE, load_spec, run
-from ..report import render, summary_table
+from ..report import markdown, render, results_path, summary_table
 from .common import prepare
 
 
@@ -29,17 +29,24 @@ def workers(cfg: DemoConfig | ExperimentConfig) -> int:
 def demo(cfg: DemoConfig) -> dict:
     """The demo's experiment file (``preftune/experiments/demo.yaml`` = ``configs/demo.yaml``)."""
     _one_process("demo")
-    return run(cfg.out, {**load_spec(DEMO_FILE, cfg.quick), "seed": cfg.seed}, to_dict(cfg), workers(cfg))
+    command = "preftune demo" + " --quick" * cfg.quick
+    return run(cfg.out, {**load_spec(DEMO_FILE, cfg.quick), "seed": cfg.seed}, to_dict(cfg), workers(cfg), command)
 
 
 def experiment(cfg: ExperimentConfig) -> dict:
     _one_process("experiment")
     spec = load_spec(cfg.file, cfg.quick)
-    return run(cfg.out or spec.get("out") or f"runs/{Path(cfg.file).stem}", spec, {"file": str(cfg.file), **spec}, workers(cfg))
+    command = f"preftune experiment {cfg.file}" + " --quick" * cfg.quick
+    out = cfg.out or spec.get("out") or f"runs/{Path(cfg.file).stem}"
+    return run(out, spec, {"file": str(cfg.file), **spec}, workers(cfg), command)
 
 
-def report(cfg: ReportConfig) -> Path:
+def report(cfg: ReportConfig) -> Path | None:
+    path = results_path(cfg.run)
+    if cfg.markdown:
+        print(markdown(json.loads(path.read_text()), cfg.run), end="")
+        return None
     out = render(cfg.run)
-    print(summary_table(json.loads((Path(cfg.run) / "results.json").read_text())))
+    print(summary_table(json.loads(path.read_text())))
     print(f"wrote {out}")
     return out

@@ -21,7 +21,7 @@ def reward(cfg: RewardConfig) -> dict:
     """Train a reward model, centre it on reference samples, save it, and evaluate it."""
     prepare(cfg)
     out = Path(cfg.train.out)
-    rm, tokenizer = build_reward_model(cfg.model, seed=cfg.train.seed)
+    rm, tokenizer = build_reward_model(cfg.model, seed=cfg.train.seed, pool=cfg.pool)
     record_config(cfg, "reward")
     records, held_records = comparisons(cfg.data, cfg.eval_data, 0.1, cfg.train.seed)
 

@@ -74,13 +74,24 @@ def annotate(cfg: AnnotateConfig) -> Path:
         ann = rng.choices([a for a, _ in pool], weights=[w for _, w in pool])[0]
         labels = {"annotator": f"sim-{ann.group}-tau{cfg.tau:g}", "group": ann.group}
         if cfg.format == "rankings":
-            rows.append({"prompt": prompt, "completions": comps, "ranking": plackett_luce_order(ann, prompt, comps, ended, rng), **labels})
+            order = plackett_luce_order(ann, prompt, comps, ended, rng)
+            rows.append({"prompt": prompt, "completions": comps, "ranking": order, "ended": ended, **labels})
             continue
         for a in range(0, len(comps) - 1, 2):
             b = a + 1
             p = ann.p_prefers_a(prompt, comps[a], comps[b], ended[a], ended[b])
             win, lose = (a, b) if rng.random() < p else (b, a)
-            rows.append({"prompt": prompt, "chosen": comps[win], "rejected": comps[lose], "strength": strength_of(p), **labels})
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "chosen": comps[win],
+                    "rejected": comps[lose],
+                    "strength": strength_of(p),
+                    "chosen_ended": ended[win],
+                    "rejected_ended": ended[lose],
+                    **labels,
+                }
+            )
     write_jsonl(cfg.out, rows)
     print(f"wrote {len(rows)} {cfg.format} to {cfg.out}")
     return Path(cfg.out)

@@ -211,11 +211,18 @@ class Pipeline:
             write_jsonl(out, rows)
         return str(out)
 
-    def reward_model(self, name: str = "rm", limit: int = 0) -> tuple[str, dict]:
-        """A reward model on K-way rankings of pi_SFT samples (``limit``: only the first N)."""
+    def reward_config(self, name: str, limit: int = 0, changes: dict | None = None) -> RewardConfig:
+        """``preftune reward``'s config for a reward model on K-way rankings of pi_SFT samples (``limit``:
+        only the first N): the file's ``reward`` settings, then ``changes``."""
         data = self.labels(f"rankings{limit or ''}", "rankings", limit=limit)
-        cfg = self._train(self.config("reward", RewardConfig(model=self.sft(), data=data, eval_prompts=str(self.files["heldout"]))), name)
-        run_stage(name, reward, cfg, [data, self.sft()], self.timings)
+        return self._train(
+            self.config("reward", RewardConfig(model=self.sft(), data=data, eval_prompts=str(self.files["heldout"])), changes), name
+        )
+
+    def reward_model(self, name: str = "rm", limit: int = 0, changes: dict | None = None) -> tuple[str, dict]:
+        """Train (or reuse) a reward model (:meth:`reward_config`); returns its directory and evaluation."""
+        cfg = self.reward_config(name, limit, changes)
+        run_stage(name, reward, cfg, [cfg.data, self.sft()], self.timings)
         return self.path(name), json.loads((self.out / name / "eval.json").read_text())
 
     def rl_config(self, name: str, reward_dir: str, changes: dict | None = None) -> RLConfig:

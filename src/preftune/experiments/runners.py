@@ -10,10 +10,12 @@ every experiment up to its ``yield`` before any goes on, so all their training s
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..config import PREFERENCE_LOSSES
 from ..data import write_jsonl
 from ..evaluate import mean_ci, paired_bootstrap
 from ..models import load_policy
@@ -77,11 +79,12 @@ def frontier(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
     pairs = p.labels("comparisons", "pairs")
     runs = []
     for method, betas in params.items():
+        offline = method in PREFERENCE_LOSSES  # the DPO family (IPO's β is its 1/(2τ)); else an RL algorithm
         for beta in betas:
-            default = p.dpo_config(method, pairs).beta if method == "dpo" else p.rl_config(method, rm_dir, {"algo": method}).beta
+            default = p.dpo_config(method, pairs, {"loss": method}).beta if offline else p.rl_config(method, rm_dir, {"algo": method}).beta
             name = method if float(beta) == default else f"{method}-beta{beta:g}"  # the default-β point is the methods table's run
-            if method == "dpo":
-                p.dpo_policy(name, pairs, {"beta": float(beta)})
+            if offline:
+                p.dpo_policy(name, pairs, {"loss": method, "beta": float(beta)})
             else:
                 p.rl_policy(name, rm_dir, {"algo": method, "beta": float(beta)})
             runs.append((method, float(beta), name))
@@ -96,20 +99,29 @@ def frontier(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
     res["claims"]["frontier_best"] = {m: {"beta": r["beta"], "gold": r["gold"], "kl": r["kl"]} for m, r in best.items()}
 
 
+def _change(a: dict, b: dict, key: str) -> dict:
+    """b[key] - a[key] between two iterations' rollouts (independent samples), with a 95% interval."""
+    d = b[key] - a[key]
+    half = math.hypot(a[f"{key}_ci95"], b[f"{key}_ci95"]) if a.get(f"{key}_ci95") is not None and b.get(f"{key}_ci95") is not None else None
+    return {"diff": d, "lo": None if half is None else d - half, "hi": None if half is None else d + half}
+
+
 def _overoptimisation_summary(curve: list[dict]) -> dict:
     first, last = curve[0], curve[-1]
     peak = max(curve, key=lambda r: r["gold"])
+    proxy, gold = _change(first, last, "proxy"), _change(first, last, "gold")
     return {
         "proxy_start": first["proxy"],
         "proxy_end": last["proxy"],
-        "proxy_change": last["proxy"] - first["proxy"],
+        "proxy_change": proxy,
         "gold_start": first["gold"],
         "gold_end": last["gold"],
-        "gold_change": last["gold"] - first["gold"],
+        "gold_change": gold,
         "gold_peak": peak["gold"],
         "kl_peak": peak["kl"],
         "kl_end": last["kl"],
-        "overoptimised": last["proxy"] > first["proxy"] and last["gold"] < first["gold"] - 0.1,
+        # the proxy rose and gold fell, each with its 95% interval on that side of zero
+        "overoptimised": bool(proxy["lo"] is not None and proxy["lo"] > 0 and gold["hi"] is not None and gold["hi"] < 0),
     }
 
 
@@ -130,7 +142,17 @@ def overoptimisation(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
     for beta, name in names.items():
         p.wait(name)
         rows = [json.loads(line) for line in (p.out / name / "iterations.jsonl").read_text().splitlines()]
-        curve = [{"iteration": r["iteration"], "kl": r["kl"], "proxy": r["score"], "gold": r["gold"]} for r in rows]
+        curve = [
+            {
+                "iteration": r["iteration"],
+                "kl": r["kl"],
+                "proxy": r["score"],
+                "proxy_ci95": r.get("score_ci95"),
+                "gold": r["gold"],
+                "gold_ci95": r.get("gold_ci95"),
+            }
+            for r in rows
+        ]
         runs.append({"beta": beta, "curve": curve, "summary": _overoptimisation_summary(curve)})
     res["overoptimisation"] = {
         "algo": algo,
@@ -148,9 +170,10 @@ def _group_utilities(p: Pipeline, policy: str, prompts: list[str]) -> list[dict]
     for group, extra in (("majority", 0), ("minority", 2)):
         asked = [lists.tag_prompt(q, group) for q in prompts] if policy == "diverse/conditioned" else prompts
         outs = sample(model, tok, asked, p.gen)
-        mean, ci = mean_ci([lists.utility(q, s.completion, s.ended, extra) for q, s in zip(prompts, outs)])
+        per_prompt = [lists.utility(q, s.completion, s.ended, extra) for q, s in zip(prompts, outs)]
+        mean, ci = mean_ci(per_prompt)
         items = statistics.fmean(len(lists.parse_items(s.completion)) for s in outs)
-        rows.append({"policy": policy, "group": group, "utility": mean, "ci95": ci, "length_items": items})
+        rows.append({"policy": policy, "group": group, "utility": mean, "ci95": ci, "length_items": items, "per_prompt": per_prompt})
     return rows
 
 
@@ -170,14 +193,99 @@ def diverse(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
     p.wait("diverse/conditioned")
     table = [row for policy in ("sft", "diverse/pooled", "diverse/conditioned") for row in _group_utilities(p, policy, p.heldout())]
     res["diverse"] = {"minority_share": share, "rows": table}
-    get = {(r["policy"], r["group"]): r["utility"] for r in table}
+    get = {(r["policy"], r["group"]): r for r in table}
     res["claims"]["diverse"] = {
-        "pooled_minority": get[("diverse/pooled", "minority")],
-        "conditioned_minority": get[("diverse/conditioned", "minority")],
-        "pooled_majority": get[("diverse/pooled", "majority")],
-        "conditioned_majority": get[("diverse/conditioned", "majority")],
-        "minority_gain": get[("diverse/conditioned", "minority")] - get[("diverse/pooled", "minority")],
+        "pooled_minority": get[("diverse/pooled", "minority")]["utility"],
+        "conditioned_minority": get[("diverse/conditioned", "minority")]["utility"],
+        "pooled_majority": get[("diverse/pooled", "majority")]["utility"],
+        "conditioned_majority": get[("diverse/conditioned", "majority")]["utility"],
     }
+    for group in ("minority", "majority"):  # conditioned - pooled, paired over the same prompts
+        a, b = get[("diverse/conditioned", group)], get[("diverse/pooled", group)]
+        res["claims"][f"diverse_{group}_gain"] = _diff({"gold_per_prompt": a["per_prompt"]}, {"gold_per_prompt": b["per_prompt"]}, p.seed)
 
 
-RUNNERS = {"methods": methods, "frontier": frontier, "overoptimisation": overoptimisation, "diverse": diverse}
+REWARD_KEYS = (
+    "gold_pair_accuracy",
+    "gold_pair_accuracy_ci95",
+    "accuracy",
+    "bayes_optimal_accuracy",
+    "accuracy_over_bayes",
+    "held_out_pairs",
+)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def _ensemble_eval(p: Pipeline, name: str, n: int, k: float, limit: int, changes: dict) -> dict:
+    """``n`` reward models that differ only in their seed (initialisation and order), held out on the
+    same rankings, scored as one (:class:`RewardEnsemble`: mean − k·std)."""
+    from ..commands.common import comparisons
+    from ..evaluate import evaluate_reward_model
+    from ..models import RewardEnsemble, load_reward_model
+
+    cfg = p.reward_config(name, limit, changes)
+    train, held = comparisons(cfg.data, "", 0.1, p.seed)  # the split every member shares
+    split = {}
+    for part, rows in (("train", train), ("held", held)):
+        split[part] = p.out / f"data/{Path(cfg.data).stem}-{part}.jsonl"
+        write_jsonl(split[part], [{k: v for k, v in vars(r).items() if v is not None} for r in rows])
+    members = []
+    for i in range(n):
+        member = p.reward_model(
+            f"{name}/member{i}",
+            limit,
+            {
+                **changes,
+                "data": str(split["train"]),
+                "eval_data": str(split["held"]),
+                "train": {**changes.get("train", {}), "seed": p.seed + i},
+            },
+        )
+        members.append(load_reward_model(member[0])[0])
+    tok = load_reward_model(p.path(f"{name}/member0"))[1]
+    return evaluate_reward_model(RewardEnsemble(members, k), tok, held, cfg.tau, cfg.model, cfg.eval_prompts, cfg.tokens)
+
+
+def reward(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
+    """Reward-model levers, one row each: what a change to the data, the model or the pipeline does to
+    the reward model's gold pair accuracy and held-out accuracy against the Bayes bound.
+
+    A lever is a mapping of: ``comparisons`` (the first N rankings), ``reward`` (changes to `preftune
+    reward`'s config), ``ensemble`` (N members; ``ensemble_k``: score mean − k·std) and ``pipeline``
+    (changes to the shared stages: the lever then builds its own world, base model and pi_SFT under
+    ``OUT/levers/NAME``, and is measured on its own pi_SFT's samples)."""
+    levers = {name: dict(lever or {}) for name, lever in (params.get("levers") or {"demo": {}}).items()}
+    yield
+    rows = []
+    for name, lever in levers.items():
+        unknown = set(lever) - {"comparisons", "reward", "ensemble", "ensemble_k", "pipeline"}
+        if unknown:
+            raise ValueError(f"reward lever {name!r}: unknown setting(s) {sorted(unknown)}")
+        sub = p
+        if "pipeline" in lever:
+            from . import _merge
+
+            sub = Pipeline(p.out / "levers" / _slug(name), p.seed, _merge(p.settings, lever["pipeline"]))
+        limit, changes = int(lever.get("comparisons", 0)), lever.get("reward") or {}
+        print(f"\n--- reward lever: {name} ---")
+        rm_name = "rm" if not (changes or limit or lever.get("ensemble")) else f"rm-{_slug(name)}"  # "rm": the pipeline's own
+        if lever.get("ensemble"):
+            ev = _ensemble_eval(sub, rm_name, int(lever["ensemble"]), float(lever.get("ensemble_k", 0.0)), limit, changes)
+        else:
+            ev = sub.reward_model(rm_name, limit, changes)[1]
+        rows.append(
+            {
+                "lever": name,
+                "settings": lever,
+                **{k: ev[k] for k in REWARD_KEYS},
+                "components": {c: v["score"] for c, v in ev["components"].items()},
+                "gold_components": {c: v["gold"] for c, v in ev["components"].items()},
+            }
+        )
+    res["reward_levers"] = rows
+
+
+RUNNERS = {"methods": methods, "frontier": frontier, "overoptimisation": overoptimisation, "diverse": diverse, "reward": reward}

@@ -33,11 +33,12 @@ def to_units(records: Sequence[Comparison | Ranking], tokenizer, max_length: int
     units = []
     for r in records:
         if isinstance(r, Ranking):
-            texts, ranking, weight = r.completions, r.ranking, 1.0
+            texts, ranking, weight, ended = r.completions, r.ranking, 1.0, r.ended_flags()
         else:
-            texts, ranking = (r.chosen, r.rejected), (0, 1)
+            texts, ranking, ended = (r.chosen, r.rejected), (0, 1), r.ended
             weight = r.strength if (use_strength and r.strength is not None) else 1.0
-        enc = tuple(encode(tokenizer, r.prompt, t, max_length, max_prompt_length) for t in texts)
+        # a completion that never ended is scored as it was sampled: without an EOS
+        enc = tuple(encode(tokenizer, r.prompt, t, max_length, max_prompt_length, add_eos=e) for t, e in zip(texts, ended))
         units.append(Unit(enc, tuple(losses.ranking_pairs(ranking)), tuple(ranking), weight))
     return units
 
@@ -77,7 +78,7 @@ class RewardTraining:
         for u in units:
             starts.append(n)
             n += len(u.encoded)
-        return model(batch.input_ids, batch.attention_mask), starts  # (N,)
+        return model(batch.input_ids, batch.attention_mask, batch.completion_mask), starts  # (N,)
 
     def _pair_terms(self, model, units):
         scores, starts = self.scores(model, units)
@@ -117,12 +118,22 @@ class RewardTraining:
 
 
 @torch.no_grad()
-def score_texts(rm, tokenizer, pairs: Sequence[tuple[str, str]], tokens: TokenConfig = TokenConfig(), batch_size: int = 64) -> torch.Tensor:
-    """Reward-model scores (N,) of (prompt, completion) pairs; each completion is scored with its EOS."""
+def score_texts(
+    rm,
+    tokenizer,
+    pairs: Sequence[tuple[str, str]],
+    tokens: TokenConfig = TokenConfig(),
+    ended: Sequence[bool] | None = None,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Reward-model scores (N,) of (prompt, completion) pairs; each completion is scored with its EOS
+    unless ``ended`` says it never emitted one."""
     rm.eval()
+    ended = [True] * len(pairs) if ended is None else ended
     out = []
     for i in range(0, len(pairs), batch_size):
-        enc = [encode(tokenizer, p, c, tokens.max_length, tokens.max_prompt_length) for p, c in pairs[i : i + batch_size]]
+        chunk = zip(pairs[i : i + batch_size], ended[i : i + batch_size])
+        enc = [encode(tokenizer, p, c, tokens.max_length, tokens.max_prompt_length, add_eos=e) for (p, c), e in chunk]
         batch = collate(enc, tokenizer.pad_token_id)
-        out.append(rm(batch.input_ids, batch.attention_mask))
+        out.append(rm(batch.input_ids, batch.attention_mask, batch.completion_mask))
     return torch.cat(out) if out else torch.zeros(0)

@@ -52,7 +52,7 @@ class Scorer:
     def __call__(self, samples: list[Sample], batch: Batch) -> torch.Tensor:
         if self.gold:
             return torch.tensor([lists.gold_reward(s.prompt, s.completion, s.ended) for s in samples])
-        return self.rm(batch.input_ids, batch.attention_mask)
+        return self.rm(batch.input_ids, batch.attention_mask, batch.completion_mask)
 
     def score_all(self, samples: list[Sample], pad_id: int, batch_size: int = 256) -> torch.Tensor:
         """Scores (N,) of any number of samples, in batches."""
@@ -209,9 +209,11 @@ class RLHF:
             "sample_s": round(sample_s, 3),  # generation (rank 0's share under torchrun)
             "score_s": round(time.perf_counter() - t0 - sample_s, 3),  # scoring, the reference pass, gathering, targets
         }
+        stats["score_ci95"] = 1.96 * float(scores.std()) / len(samples) ** 0.5 if len(samples) > 1 else None
         gold = gold_or_none(samples)
         if gold is not None:
             stats["gold"] = statistics.fmean(gold)
+            stats["gold_ci95"] = 1.96 * statistics.stdev(gold) / len(gold) ** 0.5 if len(gold) > 1 else None
         blob = {"targets": targets.to_dict(), "stats": stats, "carry": next_carry}
         if distributed.is_main():
             tmp = self._file(iteration).with_suffix(".tmp")

@@ -152,8 +152,13 @@ def parse_items(completion: str) -> list[str]:
     return [item.strip().lower() for item in re.split(r",|\band\b", text) if item.strip()]
 
 
-def utility(prompt: str, completion: str, ended: bool = True, extra: int = 0) -> float:
-    """The gold reward (``extra = 0``) or an annotator group's utility; formula in the module doc."""
+# The terms of the gold reward, as :func:`components` returns them, with their weights in it.
+COMPONENTS = ("coverage", "well_formed", "wrong", "duplicates", "count_error", "truncated")
+
+
+def components(prompt: str, completion: str, ended: bool = True, extra: int = 0) -> dict[str, float]:
+    """The terms of the gold reward (``extra = 0``) or of a group's utility: coverage ``c / k``,
+    well-formedness ``f``, wrong items ``w``, repeated items ``d``, count error ``|n - k|``, truncation ``t``."""
     req = parse_request(prompt)
     want = req.k + extra
     members = set(CATEGORIES[req.category][2])
@@ -170,10 +175,24 @@ def utility(prompt: str, completion: str, ended: bool = True, extra: int = 0) ->
         else:
             wrong += 1
     well_formed = bool(items) and _WELL_FORMED_RE.match(completion) is not None and all(i in ALL_MEMBERS for i in items)
-    return round(  # rounded so that a perfect answer is exactly 1.0, not 1.0000000000000002
-        0.8 * min(correct, want) / want + 0.2 * well_formed - 0.2 * wrong - 0.2 * dup - 0.1 * abs(len(items) - want) - 0.5 * (not ended),
-        12,
-    )
+    return {
+        "coverage": min(correct, want) / want,
+        "well_formed": float(well_formed),
+        "wrong": float(wrong),
+        "duplicates": float(dup),
+        "count_error": float(abs(len(items) - want)),
+        "truncated": float(not ended),
+    }
+
+
+WEIGHTS = {"coverage": 0.8, "well_formed": 0.2, "wrong": -0.2, "duplicates": -0.2, "count_error": -0.1, "truncated": -0.5}
+
+
+def utility(prompt: str, completion: str, ended: bool = True, extra: int = 0) -> float:
+    """The gold reward (``extra = 0``) or an annotator group's utility; formula in the module doc."""
+    c = components(prompt, completion, ended, extra)
+    # rounded so that a perfect answer is exactly 1.0, not 1.0000000000000002
+    return round(sum(WEIGHTS[k] * c[k] for k in COMPONENTS), 12)
 
 
 def gold_reward(prompt: str, completion: str, ended: bool = True) -> float:
@@ -249,20 +268,54 @@ _CORPUS_TEMPLATES = (
 )
 
 
-def corpus(n: int, seed: int) -> list[dict]:
+def _list_fact(rng: random.Random, cat: str) -> str:
+    """A sentence about a list of items: how many different ones it has, which one repeats, the list
+    without its repeats, which item does not belong — what a pretrained language model knows about
+    lists, and this world's base model would otherwise never read."""
+    s, p, members = CATEGORIES[cat]
+    items = rng.sample(members, rng.randint(1, 5))
+    if rng.random() < 0.5:  # most facts are about a list with a repeat in it
+        for _ in range(rng.randint(1, 2)):
+            items.insert(rng.randrange(len(items) + 1), rng.choice(items))
+    distinct = list(dict.fromkeys(items))
+    listed = ", ".join(items)
+    kind = rng.randrange(4)
+    if kind == 0:  # counting what is different
+        n = len(distinct)
+        return f"{listed}: that is {rng.choice((str(n), NUMBER_WORDS[n - 1]))} different {s if n == 1 else p}."
+    if kind == 1:  # what repeats
+        repeated = [x for i, x in enumerate(items) if x in items[:i]]
+        return f"{listed}: {repeated[0]} is repeated." if repeated else f"{listed}: no {s} is repeated."
+    if kind == 2:  # the list without its repeats
+        return f"{listed}, without repeats: {', '.join(distinct)}."
+    # membership
+    if rng.random() < 0.5:
+        other = rng.choice(sorted(ALL_MEMBERS - set(members)))
+        items[rng.randrange(len(items))] = other
+        return f"{', '.join(items)}: {other} is not a {s}."
+    return f"{listed}: all of them are {p}."
+
+
+def corpus(n: int, seed: int, list_facts: float = 0.0) -> list[dict]:
     """A pretraining corpus ``{"text"}`` about the world: facts, lists and the request phrasings.
 
     It teaches the words, the categories and the chat format (requests followed by chit-chat),
     but never shows a request answered, so the base model knows the world without the task.
+    A share ``list_facts`` of the documents are instead sentences about lists (counting,
+    repetition, membership; :func:`_list_fact`), still never an answer to a request.
     """
     rng = random.Random(f"corpus-{seed}")
+    facts = random.Random(f"corpus-facts-{seed}")  # its own stream: list_facts = 0 leaves the corpus as it was
     rows = []
     keys = sorted(CATEGORIES)
     for _ in range(n):
         cat = rng.choice(keys)
         s, p, members = CATEGORIES[cat]
         kind = rng.random()
-        if kind < 0.75:
+        if list_facts and facts.random() < list_facts:
+            text = " ".join(_list_fact(facts, facts.choice(keys)) for _ in range(facts.randint(1, 3)))
+            text = text[0].upper() + text[1:]
+        elif kind < 0.75:
             sents = []
             for _ in range(rng.randint(1, 3)):
                 m, m2 = rng.sample(members, 2)
@@ -309,5 +362,19 @@ class Annotator:
 
 
 def bayes_optimal_accuracy(probs: list[float]) -> float:
-    """Best accuracy any model can reach on BT labels with these ``P(a > b)``: ``E[max(p, 1-p)]``."""
+    """Best expected accuracy any model can reach on Bradley–Terry labels with these ``P(a > b)``:
+    ``E[max(p, 1-p)]`` (a pair of equal utilities has p = 1/2 and counts 1/2, as a tied score does)."""
     return sum(max(p, 1.0 - p) for p in probs) / len(probs)
+
+
+def ranking_pair_probs(utilities: list[float], tau: float) -> list[tuple[int, int, float]]:
+    """Every pair (i, j), i < j, of a Plackett–Luce ranking of items with these utilities, and the
+    probability that i is ranked above j.
+
+    A Plackett–Luce ranking's pairwise marginals are exactly Bradley–Terry,
+    ``P(i above j) = e^{u_i/τ} / (e^{u_i/τ} + e^{u_j/τ})``, so :func:`bayes_optimal_accuracy` of these
+    is the ceiling for accuracy on *all* pairs of the ranking. It is not the ceiling on a subset chosen
+    by the ranking itself (e.g. its adjacent pairs): which pairs are adjacent depends on the draw.
+    """
+    k = len(utilities)
+    return [(i, j, sigmoid((utilities[i] - utilities[j]) / tau)) for i in range(k) for j in range(i + 1, k)]
