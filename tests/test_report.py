@@ -127,6 +127,8 @@ def test_quick_demo_report_has_every_section_and_its_numbers_are_the_results(qui
             assert text == "–", key
         elif isinstance(value, bool):
             assert text == ("yes" if value else "no"), key
+        elif isinstance(value, str):  # the run's provenance: command, machine, date, version, commit
+            assert text == value, key
         else:
             assert float(text) == pytest.approx(value, abs=0.5 * 10 ** -abs(digits) + 1e-9), key
             assert (text[0] in "+-") == (digits < 0) or value < 0, key

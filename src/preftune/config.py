@@ -167,6 +167,15 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class LabelsConfig:
+    """The experiments' simulated labels of pi_SFT's samples (an experiment file's ``pipeline.labels``)."""
+
+    rankings: int = doc(0, "K-way rankings for the reward model: the first N sample sets (0: all)")
+    pairs: int = doc(0, "pairs for the DPO family: the first N of the K/2 disjoint pairs per sample set (0: all)")
+    tau: float = doc(0.1, "the simulated annotators' temperature (the reward model's Bayes bound uses the same)")
+
+
+@dataclass(frozen=True)
 class AnnotateConfig:
     samples: str = doc("", "output of `preftune sample` ({'prompt','completions','ended'} rows)", required=True)
     out: str = doc("comparisons.jsonl", "write comparison rows here")

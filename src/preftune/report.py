@@ -46,6 +46,8 @@ def fmt(value: Any, digits: int) -> str:
         return "–"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, str):
+        return value
     if isinstance(value, int):
         return str(value)
     return f"{value:+.{-digits}f}" if digits < 0 else f"{value:.{digits}f}"
@@ -58,8 +60,11 @@ class Html:
         self.res = res
 
     def num(self, key: str, digits: int = 3) -> str:
-        text = fmt(lookup(self.res, key), digits)
+        text = html.escape(fmt(lookup(self.res, key), digits))
         return f'<span class="num" data-key="{html.escape(key)}" data-digits="{digits}">{text}</span>'
+
+    def esc(self, text: str) -> str:
+        return html.escape(text)
 
     def interval(self, key: str) -> str:
         """``diff (95% CI lo to hi)`` of a claim; with seeds, the interval over seeds next to the one over prompts."""
@@ -78,6 +83,9 @@ class Text(Html):
 
     def num(self, key: str, digits: int = 3) -> str:
         return fmt(lookup(self.res, key), digits)
+
+    def esc(self, text: str) -> str:
+        return text
 
 
 def verdict_interval(claim: dict) -> dict:
@@ -184,11 +192,11 @@ def _sft_findings(h: Html, res: dict) -> list[str]:
         "fall below SFT": [m for m in tuned if below(c[f"{m}_vs_sft"])],
     }
     said = "; ".join(f"{', '.join(TITLES[m] for m in ms)} {verb}" for verb, ms in groups.items() if ms)
-    out.append(f"Against SFT (the interval of each method's difference in gold reward): {html.escape(said)}.")
+    out.append(f"Against SFT (the interval of each method's difference in gold reward): {h.esc(said)}.")
     beat = c["beat_demonstrator"]
     out.append(
         f"Methods whose difference to the demonstrator lies above zero: {h.num('claims.beat_demonstrator.count', 0)} "
-        f"of {h.num('claims.beat_demonstrator.of', 0)} ({html.escape(', '.join(TITLES.get(m, m) for m in beat['methods']) or 'none')})."
+        f"of {h.num('claims.beat_demonstrator.of', 0)} ({h.esc(', '.join(TITLES.get(m, m) for m in beat['methods']) or 'none')})."
     )
     return out
 
@@ -375,10 +383,10 @@ LEVER_COLUMNS = (
 def _lever_rows(h: Html, res: dict) -> list[list[str]]:
     rows = []
     for i, r in enumerate(res.get("reward_levers", [])):
-        rows.append([html.escape(r["lever"]), *(h.num(f"reward_levers.{i}.{key}", d) for key, _, d in LEVER_COLUMNS)])
+        rows.append([h.esc(r["lever"]), *(h.num(f"reward_levers.{i}.{key}", d) for key, _, d in LEVER_COLUMNS)])
     if rows:
-        gold = res["reward_levers"][0]["gold_components"]
-        rows.append(["gold itself", *["–"] * 5, *(fmt(gold[key.split(".")[1]], -2) for key, _, _ in LEVER_COLUMNS[5:])])
+        gold = [h.num(f"reward_levers.0.gold_components.{key.split('.')[1]}", -2) for key, _, _ in LEVER_COLUMNS[5:]]
+        rows.append(["gold itself", *["–"] * 5, *gold])
     return rows
 
 
@@ -452,7 +460,7 @@ def build(res: dict, figures: list[str]) -> str:
     parts.append(
         f"<p class='note'>All numbers below are computed from <code>results.json</code>: mean gold reward on {h.num('heldout_prompts', 0)} "
         "held-out prompts (templates never seen in training), ± the 95% normal interval over prompts. "
-        f"{html.escape(_intervals_note(h, res))} {html.escape(_provenance(res))} Total time {h.num('seconds.total', 0)} s.</p>"
+        f"{html.escape(_intervals_note(h, res))} {_provenance(h, res)} Total time {h.num('seconds.total', 0)} s.</p>"
     )
     bodies = [(sid, title, body) for sid, title, section in SECTIONS if (body := section(h, res, figures)) is not None]
     for n, (sid, title, body) in enumerate(bodies, start=1):
@@ -461,15 +469,15 @@ def build(res: dict, figures: list[str]) -> str:
     return "\n".join(parts)
 
 
-def _provenance(res: dict) -> str:
+def _provenance(h: Html, res: dict) -> str:
     """Which run the numbers come from: command, seeds, machine, date, commit (as results.json records them)."""
-    run = res.get("run") or {}
-    if not run:
+    if not res.get("run"):
         return ""
-    seeds = ", ".join(str(x) for x in res.get("seeds") or [run.get("seed")])
+    seeds = res.get("seeds") or []
+    seeds_said = ", ".join(h.num(f"seeds.{i}", 0) for i in range(len(seeds))) if seeds else h.num("run.seed", 0)
     return (
-        f"Run: `{run.get('command')}`, seed{'s' if len(res.get('seeds') or []) > 1 else ''} {seeds}, on {run.get('machine')} "
-        f"({run.get('threads')} threads), {run.get('date')}, preftune {res.get('preftune')} at commit {run.get('commit') or 'unknown'}."
+        f"Run: `{h.num('run.command')}`, seed{'s' if len(seeds) > 1 else ''} {seeds_said}, on {h.num('run.machine')} "
+        f"({h.num('run.threads', 0)} threads), {h.num('run.date')}, preftune {h.num('preftune')} at commit {h.num('run.commit')}."
     )
 
 
@@ -481,7 +489,7 @@ def markdown(res: dict, source: str) -> str:
     seeded = any("gold_seeds_ci95" in pol[m] for m in rows)
     head = ["policy", "gold reward", "± 95% CI (prompts)", *(["± 95% CI (seeds)"] if seeded else []), "win rate vs SFT", "KL to SFT"]
     head += ["length", "well-formed", "distinct-2", "train s"]
-    lines = [f"*From `{source}`.* {_provenance(res)}", ""]
+    lines = [f"*From `{source}`.* {_provenance(h, res)}", ""]
     if rows:
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in rows:

@@ -31,6 +31,7 @@ from ..commands.sft import pretrain, sft
 from ..config import (
     AnnotateConfig,
     DPOConfig,
+    LabelsConfig,
     PretrainConfig,
     RewardConfig,
     RLConfig,
@@ -54,6 +55,7 @@ STAGES = {
     "pretrain": PretrainConfig,
     "sft": SFTConfig,
     "sample": SampleConfig,
+    "labels": LabelsConfig,
     "reward": RewardConfig,
     "rl": RLConfig,
     "dpo": DPOConfig,
@@ -199,29 +201,37 @@ class Pipeline:
         self._samples = str(out)
         return self._samples
 
-    def labels(self, name: str, fmt: str = "pairs", minority: float = 0.0, limit: int = 0) -> str:
-        """Simulated labels of the samples (cheap and deterministic: written once per run)."""
+    def labels(self, name: str, fmt: str = "pairs", minority: float = 0.0, limit: int = 0, tau: float = 0.0) -> str:
+        """Simulated labels of the samples (cheap and deterministic: written once per run); ``limit``:
+        only the first N rows, else the ``labels`` setting's count for the format (0: all); ``tau``:
+        the annotators' temperature, else the ``labels`` setting's."""
         out = self.out / f"data/{name}.jsonl"
         if name in self._labelled:
             return str(out)
         self._labelled.add(name)
-        annotate(AnnotateConfig(samples=self.samples(), out=str(out), simulated=True, format=fmt, minority=minority, seed=self.seed))
+        cfg = self.config("labels", LabelsConfig())
+        limit = limit or (cfg.rankings if fmt == "rankings" else cfg.pairs)
+        tau = tau or cfg.tau
+        annotate(
+            AnnotateConfig(samples=self.samples(), out=str(out), simulated=True, format=fmt, minority=minority, seed=self.seed, tau=tau)
+        )
         if limit:
             rows = [json.loads(line) for line in out.read_text().splitlines()][:limit]
             write_jsonl(out, rows)
         return str(out)
 
-    def reward_config(self, name: str, limit: int = 0, changes: dict | None = None) -> RewardConfig:
+    def reward_config(self, name: str, limit: int = 0, changes: dict | None = None, tau: float = 0.0) -> RewardConfig:
         """``preftune reward``'s config for a reward model on K-way rankings of pi_SFT samples (``limit``:
-        only the first N): the file's ``reward`` settings, then ``changes``."""
-        data = self.labels(f"rankings{limit or ''}", "rankings", limit=limit)
-        return self._train(
-            self.config("reward", RewardConfig(model=self.sft(), data=data, eval_prompts=str(self.files["heldout"])), changes), name
-        )
+        only the first N; ``tau``: labelled at that temperature): the file's ``reward`` settings, then ``changes``."""
+        tau = tau or self.config("labels", LabelsConfig()).tau
+        name_of = f"rankings{limit or ''}" + (f"-tau{tau:g}" if tau != LabelsConfig().tau else "")
+        data = self.labels(name_of, "rankings", limit=limit, tau=tau)
+        base = RewardConfig(model=self.sft(), data=data, eval_prompts=str(self.files["heldout"]), tau=tau)
+        return override(self._train(self.config("reward", base), name), changes or {}, f"{name} run")  # changes last: a seed too
 
-    def reward_model(self, name: str = "rm", limit: int = 0, changes: dict | None = None) -> tuple[str, dict]:
+    def reward_model(self, name: str = "rm", limit: int = 0, changes: dict | None = None, tau: float = 0.0) -> tuple[str, dict]:
         """Train (or reuse) a reward model (:meth:`reward_config`); returns its directory and evaluation."""
-        cfg = self.reward_config(name, limit, changes)
+        cfg = self.reward_config(name, limit, changes, tau)
         run_stage(name, reward, cfg, [cfg.data, self.sft()], self.timings)
         return self.path(name), json.loads((self.out / name / "eval.json").read_text())
 

@@ -26,6 +26,15 @@ from .pipeline import Pipeline
 RL_METHODS = ("raft", "reinforce", "rloo", "ppo")
 DPO_METHODS = ("dpo", "ipo", "unlikelihood")
 TUNED = ("best-of-n", *RL_METHODS, *DPO_METHODS)
+# A reward model's evaluation as the results keep it (preftune.evaluate.evaluate_reward_model).
+REWARD_KEYS = (
+    "gold_pair_accuracy",
+    "gold_pair_accuracy_ci95",
+    "accuracy",
+    "bayes_optimal_accuracy",
+    "accuracy_over_bayes",
+    "held_out_pairs",
+)
 
 
 def _named(methods: list | dict) -> dict[str, dict]:
@@ -46,9 +55,7 @@ def methods(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
     rl_cfgs = {algo: p.rl_policy(algo, rm_dir, {"algo": algo, **c}) for algo, c in _named(params.get("rl", RL_METHODS)).items()}
     dpo_cfgs = {loss: p.dpo_policy(loss, pairs, {"loss": loss, **c}) for loss, c in _named(params.get("dpo", DPO_METHODS)).items()}
     yield
-    res["reward_model"] = {
-        k: rm_eval[k] for k in ("accuracy", "bayes_optimal_accuracy", "accuracy_over_bayes", "spearman_gold", "held_out_pairs")
-    }
+    res["reward_model"] = {k: rm_eval[k] for k in (*REWARD_KEYS, "gold_pairs", "spearman_gold", "components")}
     pol = res["policies"]
     pol["base"] = p.evaluate("base")
     pol["demonstrator"] = p.demonstrator()
@@ -158,7 +165,7 @@ def overoptimisation(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
         "algo": algo,
         "comparisons": few,
         "iterations": iterations,
-        "reward_model": {k: rm_eval[k] for k in ("accuracy", "bayes_optimal_accuracy", "accuracy_over_bayes", "spearman_gold")},
+        "reward_model": {k: rm_eval[k] for k in (*REWARD_KEYS, "spearman_gold")},
         "runs": runs,
     }
 
@@ -219,14 +226,14 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
-def _ensemble_eval(p: Pipeline, name: str, n: int, k: float, limit: int, changes: dict) -> dict:
+def _ensemble_eval(p: Pipeline, name: str, n: int, k: float, limit: int, changes: dict, tau: float) -> dict:
     """``n`` reward models that differ only in their seed (initialisation and order), held out on the
     same rankings, scored as one (:class:`RewardEnsemble`: mean − k·std)."""
     from ..commands.common import comparisons
     from ..evaluate import evaluate_reward_model
     from ..models import RewardEnsemble, load_reward_model
 
-    cfg = p.reward_config(name, limit, changes)
+    cfg = p.reward_config(name, limit, changes, tau)
     train, held = comparisons(cfg.data, "", 0.1, p.seed)  # the split every member shares
     split = {}
     for part, rows in (("train", train), ("held", held)):
@@ -234,17 +241,13 @@ def _ensemble_eval(p: Pipeline, name: str, n: int, k: float, limit: int, changes
         write_jsonl(split[part], [{k: v for k, v in vars(r).items() if v is not None} for r in rows])
     members = []
     for i in range(n):
-        member = p.reward_model(
-            f"{name}/member{i}",
-            limit,
-            {
-                **changes,
-                "data": str(split["train"]),
-                "eval_data": str(split["held"]),
-                "train": {**changes.get("train", {}), "seed": p.seed + i},
-            },
-        )
-        members.append(load_reward_model(member[0])[0])
+        seeded = {
+            **changes,
+            "data": str(split["train"]),
+            "eval_data": str(split["held"]),
+            "train": {**changes.get("train", {}), "seed": p.seed + i},
+        }
+        members.append(load_reward_model(p.reward_model(f"{name}/member{i}", limit, seeded, tau)[0])[0])
     tok = load_reward_model(p.path(f"{name}/member0"))[1]
     return evaluate_reward_model(RewardEnsemble(members, k), tok, held, cfg.tau, cfg.model, cfg.eval_prompts, cfg.tokens)
 
@@ -253,29 +256,32 @@ def reward(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
     """Reward-model levers, one row each: what a change to the data, the model or the pipeline does to
     the reward model's gold pair accuracy and held-out accuracy against the Bayes bound.
 
-    A lever is a mapping of: ``comparisons`` (the first N rankings), ``reward`` (changes to `preftune
-    reward`'s config), ``ensemble`` (N members; ``ensemble_k``: score mean − k·std) and ``pipeline``
-    (changes to the shared stages: the lever then builds its own world, base model and pi_SFT under
-    ``OUT/levers/NAME``, and is measured on its own pi_SFT's samples)."""
+    A lever is a mapping of: ``comparisons`` (the first N rankings), ``tau`` (labels drawn at that
+    annotator temperature), ``reward`` (changes to `preftune reward`'s config), ``ensemble`` (N
+    members; ``ensemble_k``: score mean − k·std) and ``pipeline`` (changes to the shared stages: the
+    lever then builds its own world, base model and pi_SFT under ``OUT/levers/NAME``, and is measured
+    on its own pi_SFT's samples)."""
     levers = {name: dict(lever or {}) for name, lever in (params.get("levers") or {"demo": {}}).items()}
+    for name, lever in levers.items():
+        unknown = set(lever) - {"comparisons", "tau", "reward", "ensemble", "ensemble_k", "pipeline"}
+        if unknown:
+            raise ValueError(f"reward lever {name!r}: unknown setting(s) {sorted(unknown)}")
     yield
     rows = []
     for name, lever in levers.items():
-        unknown = set(lever) - {"comparisons", "reward", "ensemble", "ensemble_k", "pipeline"}
-        if unknown:
-            raise ValueError(f"reward lever {name!r}: unknown setting(s) {sorted(unknown)}")
         sub = p
         if "pipeline" in lever:
             from . import _merge
 
             sub = Pipeline(p.out / "levers" / _slug(name), p.seed, _merge(p.settings, lever["pipeline"]))
-        limit, changes = int(lever.get("comparisons", 0)), lever.get("reward") or {}
+        limit, changes, tau = int(lever.get("comparisons", 0)), lever.get("reward") or {}, float(lever.get("tau", 0.0))
         print(f"\n--- reward lever: {name} ---")
-        rm_name = "rm" if not (changes or limit or lever.get("ensemble")) else f"rm-{_slug(name)}"  # "rm": the pipeline's own
+        own = not (changes or limit or tau or lever.get("ensemble"))
+        rm_name = "rm" if own else f"rm-{_slug(name)}"  # "rm": the pipeline's own
         if lever.get("ensemble"):
-            ev = _ensemble_eval(sub, rm_name, int(lever["ensemble"]), float(lever.get("ensemble_k", 0.0)), limit, changes)
+            ev = _ensemble_eval(sub, rm_name, int(lever["ensemble"]), float(lever.get("ensemble_k", 0.0)), limit, changes, tau)
         else:
-            ev = sub.reward_model(rm_name, limit, changes)[1]
+            ev = sub.reward_model(rm_name, limit, changes, tau)[1]
         rows.append(
             {
                 "lever": name,
