@@ -152,24 +152,21 @@ def _methods(h: Html, res: dict, figures: list[str]) -> str | None:
     rows = [m for m in HEADLINE if m in pol]
     if not rows:
         return None
-    keys = ("gold", "gold_ci95", "win_rate", "kl", "length", "distinct1", "distinct2", "well_formed")
-    titles = (
-        "policy",
-        "gold reward",
-        "± 95% CI",
-        "win rate vs SFT",
-        "KL to SFT",
-        "length",
-        "distinct-1",
-        "distinct-2",
-        "well-formed",
-        "train s",
-    )
+    seeded = any("gold_seeds_ci95" in pol[m] for m in rows)
+    keys = ("gold", "gold_ci95", *(("gold_seeds_ci95",) * seeded), "win_rate", "kl", "length", "distinct1", "distinct2", "well_formed")
+    titles = ("policy", "gold reward", "± 95% CI (prompts)", *(("± 95% CI (seeds)",) * seeded), "win rate vs SFT", "KL to SFT")
+    titles += ("length", "distinct-1", "distinct-2", "well-formed", "train s")
     cells = [_row(TITLES[m], *(h.num(f"policies.{m}.{k}", 3) for k in keys), h.num(f"policies.{m}.wall_s", 0)) for m in rows]
     table = _table(_head(*titles), cells)
     note = (
         "<p class='note'>KL is the Monte Carlo estimate over each policy's own samples; best-of-n's is the analytic "
-        "log n − (n−1)/n; train s is the wall time of the stage that made the policy.</p>"
+        "log n − (n−1)/n; train s is the wall time of the stage that made the policy"
+        + (
+            ". Every number is the mean over the seeds; the interval over prompts is that of the mean (independent seeds), "
+            "the interval over seeds a t interval of the per-seed means</p>"
+            if seeded
+            else ".</p>"
+        )
     )
     figure = (
         [_figure("methods", "Mean gold reward per method, with SFT and the demonstrator as dashed lines")] if "methods" in figures else []
