@@ -254,3 +254,34 @@ def test_markdown_is_the_results_table_and_findings(quick_demo, capsys):
     assert f"makes {report.comparisons(results)} such comparisons" in text
     assert "Run: `preftune demo --quick`, seed 0" in text
     assert "SFT " in text and "DPO " in text  # the findings
+
+
+@pytest.mark.slow
+def test_reward_levers_one_row_each_on_the_demos_pipeline(quick_demo, tmp_path, capsys):
+    """The reward-levers experiment reuses a finished pipeline (a copy of the quick demo's) and trains one
+    reward model per lever; an ensemble's members differ, so its row is not its first member's."""
+    out, _ = quick_demo
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    spec = tmp_path / "levers.yaml"
+    spec.write_text(
+        "experiments:\n  reward:\n    levers:\n"
+        "      few: {comparisons: 100}\n"
+        "      summed: {comparisons: 100, reward: {pool: sum}}\n"
+        "      pair of seeds: {comparisons: 100, ensemble: 2}\n"
+    )
+    assert main(["experiment", str(spec), "--quick", "--out", str(run), "--workers", "1"]) == 0
+    res = json.loads((run / "results.json").read_text())
+    rows = {r["lever"]: r for r in res["reward_levers"]}
+    assert list(rows) == ["few", "summed", "pair of seeds"]
+    assert json.loads((run / "rm-summed" / "config.json").read_text())["preftune_reward_pool"] == "sum"
+    assert (run / "rm-pair-of-seeds/member1/model.safetensors").exists()
+    assert (
+        rows["pair of seeds"]["gold_pair_accuracy"] != rows["few"]["gold_pair_accuracy"]
+        or rows["pair of seeds"]["accuracy"] != rows["few"]["accuracy"]
+    )
+    assert all(0.0 <= r["gold_pair_accuracy"] <= 1.0 and 0.0 < r["accuracy_over_bayes"] for r in rows.values())
+    capsys.readouterr()
+    assert main(["report", str(run), "--markdown"]) == 0
+    text = capsys.readouterr().out
+    assert "| pair of seeds | " in text and "| gold itself |" in text

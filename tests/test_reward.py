@@ -98,3 +98,43 @@ def test_reward_model_is_the_policy_transformer_with_a_scalar_head(policy_dir, m
     assert isinstance(rm, RewardModel) and rm.model.score.out_features == 1
     policy_layer = dict(model.named_parameters())["model.layers.0.self_attn.q_proj.weight"]
     assert torch.equal(dict(rm.model.named_parameters())["model.layers.0.self_attn.q_proj.weight"], policy_layer)
+
+
+@pytest.mark.parametrize("pool", ["mean", "sum"])
+def test_pooled_score_is_the_head_over_the_completion_tokens_one_sequence_at_a_time(policy_dir, tokenizer, world_rows, pool):
+    """A naive loop: each sequence alone, unpadded, through the plain transformers model; the head at every
+    completion token, averaged or summed. The pooled score must match it, whatever the padding side."""
+    rm, _ = build_reward_model(policy_dir, pool=pool)
+    rm.eval()
+    encs = [encode(tokenizer, r["prompt"], r["completion"], 64) for r in world_rows[:5]]
+    with torch.no_grad():
+        naive = []
+        for e in encs:
+            ids = torch.tensor([e.input_ids])
+            hidden = rm.model.base_model(input_ids=ids).last_hidden_state[0]  # (T, H)
+            head = rm.model.score(hidden[e.n_prompt :]).squeeze(-1)  # completion tokens, EOS included
+            naive.append(head.sum() if pool == "sum" else head.mean())
+        naive = torch.stack(naive)
+        for side in ("right", "left"):
+            batch = collate(encs, tokenizer.pad_token_id, side)
+            torch.testing.assert_close(rm(batch.input_ids, batch.attention_mask, batch.completion_mask), naive, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="completion_mask"):
+        rm(batch.input_ids, batch.attention_mask)
+    rm.config.preftune_reward_pool = "last"  # what the pool is comes from the saved config
+    assert rm.pool == "last"
+
+
+def test_ensemble_scores_mean_minus_k_std(policy_dir, tokenizer, world_rows):
+    from preftune.models import RewardEnsemble
+
+    members = [build_reward_model(policy_dir, seed=s)[0].eval() for s in (0, 1, 2)]
+    batch = collate([encode(tokenizer, r["prompt"], r["completion"], 64) for r in world_rows[:4]], tokenizer.pad_token_id)
+    with torch.no_grad():
+        each = [m(batch.input_ids, batch.attention_mask) for m in members]
+        got = RewardEnsemble(members, k=0.5)(batch.input_ids, batch.attention_mask)
+    for i in range(4):  # by hand: sample standard deviation of three numbers
+        xs = [float(s[i]) for s in each]
+        mean = sum(xs) / 3
+        sd = (sum((x - mean) ** 2 for x in xs) / 2) ** 0.5
+        assert float(got[i]) == pytest.approx(mean - 0.5 * sd, abs=1e-5)
+    assert len({round(x, 4) for x in (float(s[0]) for s in each)}) == 3  # the members differ (their heads' seeds)

@@ -174,3 +174,45 @@ def test_simulated_rankings_match_the_all_pairs_bound():
     pairs = list(itertools.combinations(range(4), 2))
     draws = [plackett_luce_order(ann, prompt, comps, ended, rng) for _ in range(20000)]
     assert statistics.fmean(_agreement(o, u, pairs) for o in draws) == pytest.approx(bound, abs=0.005)
+
+
+def test_list_facts_say_true_things_about_their_lists():
+    """Every kind of list fact, checked by re-parsing it: counts of different items, the repeated item,
+    the list without repeats, membership."""
+    rng = random.Random(5)
+    seen = set()
+    for _ in range(400):
+        cat = rng.choice(sorted(lists.CATEGORIES))
+        s, p, members = lists.CATEGORIES[cat]
+        fact = lists._list_fact(rng, cat)
+        head, _, tail = fact.partition(": ")
+        if ", without repeats" in head:
+            items = head.removesuffix(", without repeats").split(", ")
+            assert tail.rstrip(".").split(", ") == list(dict.fromkeys(items)), fact
+            seen.add("dedup")
+            continue
+        items = head.split(", ")
+        if " different " in tail:
+            n = tail.split(" ")[2]
+            assert (int(n) if n.isdigit() else lists.NUMBER_WORDS.index(n) + 1) == len(set(items)), fact
+            seen.add("count")
+        elif tail.startswith("no "):
+            assert len(set(items)) == len(items), fact
+            seen.add("no repeat")
+        elif tail.endswith(" is repeated."):
+            assert items.count(tail.removesuffix(" is repeated.")) >= 2, fact
+            seen.add("repeat")
+        elif " is not a " in tail:
+            odd = tail.split(" is not a ")[0]
+            assert odd in items and odd not in members, fact
+            seen.add("member")
+        else:
+            assert tail == f"all of them are {p}." and set(items) <= set(members), fact
+            seen.add("all members")
+    assert seen == {"dedup", "count", "repeat", "no repeat", "member", "all members"}
+
+
+def test_list_facts_replace_a_share_of_the_corpus_and_leave_the_rest_as_it_was():
+    plain, mixed = lists.corpus(2000, seed=0), lists.corpus(2000, seed=0, list_facts=0.3)
+    kept = sum(a == b for a, b in zip(plain, mixed))
+    assert 0.6 * 2000 < kept < 0.8 * 2000  # about 70% untouched, document for document

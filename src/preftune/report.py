@@ -66,6 +66,9 @@ class Html:
     def esc(self, text: str) -> str:
         return html.escape(text)
 
+    def code(self, text: str) -> str:
+        return f"<code>{text}</code>"
+
     def interval(self, key: str) -> str:
         """``diff (95% CI lo to hi)`` of a claim; with seeds, the interval over seeds next to the one over prompts."""
         claim = lookup(self.res, key)
@@ -73,7 +76,7 @@ class Html:
         if "seeds" in claim:
             text = (
                 f"{self.num(key + '.seeds.diff', -3)} (95% CI over {self.num(key + '.seeds.n', 0)} seeds {self.num(key + '.seeds.lo', -3)} "
-                f"to {self.num(key + '.seeds.hi', -3)}; over prompts, seed {self.num('seeds.0', 0)}: {self.num(key + '.lo', -3)} to {self.num(key + '.hi', -3)}"
+                f"to {self.num(key + '.seeds.hi', -3)}; over prompts {self.num(key + '.lo', -3)} to {self.num(key + '.hi', -3)}"
             )
         return text + ")"
 
@@ -86,6 +89,9 @@ class Text(Html):
 
     def esc(self, text: str) -> str:
         return text
+
+    def code(self, text: str) -> str:
+        return f"`{text}`"
 
 
 def verdict_interval(claim: dict) -> dict:
@@ -163,7 +169,7 @@ def _methods(h: Html, res: dict, figures: list[str]) -> str | None:
         "log n − (n−1)/n; train s is the wall time of the stage that made the policy"
         + (
             ". Every number is the mean over the seeds; the interval over prompts is that of the mean (independent seeds), "
-            "the interval over seeds a t interval of the per-seed means</p>"
+            "the interval over seeds a t interval of the per-seed means.</p>"
             if seeded
             else ".</p>"
         )
@@ -184,11 +190,13 @@ def _sft_findings(h: Html, res: dict) -> list[str]:
     ]
     tuned = [m for m in HEADLINE if f"{m}_vs_sft" in c]
     groups = {
-        "beat SFT": [m for m in tuned if above(c[f"{m}_vs_sft"])],
-        "are indistinguishable from SFT": [m for m in tuned if not above(c[f"{m}_vs_sft"]) and not below(c[f"{m}_vs_sft"])],
-        "fall below SFT": [m for m in tuned if below(c[f"{m}_vs_sft"])],
+        ("beats", "beat"): [m for m in tuned if above(c[f"{m}_vs_sft"])],
+        ("is indistinguishable from", "are indistinguishable from"): [
+            m for m in tuned if not above(c[f"{m}_vs_sft"]) and not below(c[f"{m}_vs_sft"])
+        ],
+        ("falls below", "fall below"): [m for m in tuned if below(c[f"{m}_vs_sft"])],
     }
-    said = "; ".join(f"{', '.join(TITLES[m] for m in ms)} {verb}" for verb, ms in groups.items() if ms)
+    said = "; ".join(f"{', '.join(TITLES[m] for m in ms)} {verb[len(ms) > 1]} SFT" for verb, ms in groups.items() if ms)
     out.append(f"Against SFT (the interval of each method's difference in gold reward): {h.esc(said)}.")
     beat = c["beat_demonstrator"]
     out.append(
@@ -318,9 +326,9 @@ def _diverse_findings(h: Html, res: dict) -> list[str]:
     if "diverse_minority_gain" not in c:
         return []
     return [
-        f"Naming the labeller's group in the prompt {compare(c['diverse_minority_gain'], 'raises', 'lowers', 'does not change detectably')} "
+        f"Naming the labeller's group in the prompt {compare(c['diverse_minority_gain'], 'raises', 'lowers', 'does not detectably change')} "
         f"the minority's utility ({h.num('claims.diverse.pooled_minority')} pooled, {h.num('claims.diverse.conditioned_minority')} conditioned: "
-        f"{h.interval('claims.diverse_minority_gain')}) and {compare(c['diverse_majority_gain'], 'raises', 'lowers', 'does not change detectably')} "
+        f"{h.interval('claims.diverse_minority_gain')}) and {compare(c['diverse_majority_gain'], 'raises', 'lowers', 'does not detectably change')} "
         f"the majority's ({h.num('claims.diverse.pooled_majority')} and {h.num('claims.diverse.conditioned_majority')}: "
         f"{h.interval('claims.diverse_majority_gain')})."
     ]
@@ -440,7 +448,7 @@ def _intervals_note(h: Html, res: dict) -> str:
     n = comparisons(res)
     seeds = res.get("seeds") or []
     over = (
-        f"over {len(seeds)} training seeds (a t interval of the per-seed results; the interval over prompts of the first seed is shown beside it)"
+        f"over {len(seeds)} training seeds (a t interval of the per-seed results; beside it, the interval over prompts of the mean over seeds)"
         if len(seeds) > 1
         else "over prompts (paired bootstrap), for one training seed: they say nothing about another seed"
     )
@@ -473,16 +481,17 @@ def _provenance(h: Html, res: dict) -> str:
     seeds = res.get("seeds") or []
     seeds_said = ", ".join(h.num(f"seeds.{i}", 0) for i in range(len(seeds))) if seeds else h.num("run.seed", 0)
     return (
-        f"Run: `{h.num('run.command')}`, seed{'s' if len(seeds) > 1 else ''} {seeds_said}, on {h.num('run.machine')} "
+        f"Run: {h.code(h.num('run.command'))}, seed{'s' if len(seeds) > 1 else ''} {seeds_said}, on {h.num('run.machine')} "
         f"({h.num('run.threads', 0)} threads), {h.num('run.date')}, preftune {h.num('preftune')} at commit {h.num('run.commit')}."
     )
 
 
 def markdown(res: dict, source: str) -> str:
-    """The README's results: the methods table and every finding, as Markdown, from ``results.json`` alone."""
+    """The README's results: the methods table and every finding, as Markdown, from ``results.json`` alone
+    (no methods table for a run that evaluated only pi_SFT, as every run does)."""
     h = Text(res)
     pol = res.get("policies", {})
-    rows = [m for m in HEADLINE if m in pol]
+    rows = [m for m in HEADLINE if m in pol] if len(pol) > 1 else []
     seeded = any("gold_seeds_ci95" in pol[m] for m in rows)
     head = ["policy", "gold reward", "± 95% CI (prompts)", *(["± 95% CI (seeds)"] if seeded else []), "win rate vs SFT", "KL to SFT"]
     head += ["length", "well-formed", "distinct-2", "train s"]
@@ -502,7 +511,8 @@ def markdown(res: dict, source: str) -> str:
     levers = _lever_rows(h, res)
     if levers:
         titles = ["lever", *(title for _, title, _ in LEVER_COLUMNS)]
-        lines += ["", "| " + " | ".join(titles) + " |", "|" + "---|" * len(titles), *("| " + " | ".join(r) + " |" for r in levers)]
+        lines += [""] * (lines[-1] != "") + ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+        lines += ["| " + " | ".join(r) + " |" for r in levers]
         lines += ["", LEVERS_NOTE]
     return "\n".join(lines) + "\n"
 

@@ -212,16 +212,6 @@ def diverse(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
         res["claims"][f"diverse_{group}_gain"] = _diff({"gold_per_prompt": a["per_prompt"]}, {"gold_per_prompt": b["per_prompt"]}, p.seed)
 
 
-REWARD_KEYS = (
-    "gold_pair_accuracy",
-    "gold_pair_accuracy_ci95",
-    "accuracy",
-    "bayes_optimal_accuracy",
-    "accuracy_over_bayes",
-    "held_out_pairs",
-)
-
-
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 

@@ -305,17 +305,14 @@ def corpus(n: int, seed: int, list_facts: float = 0.0) -> list[dict]:
     repetition, membership; :func:`_list_fact`), still never an answer to a request.
     """
     rng = random.Random(f"corpus-{seed}")
-    facts = random.Random(f"corpus-facts-{seed}")  # its own stream: list_facts = 0 leaves the corpus as it was
+    facts = random.Random(f"corpus-facts-{seed}")  # its own stream: the documents it does not replace are unchanged
     rows = []
     keys = sorted(CATEGORIES)
     for _ in range(n):
         cat = rng.choice(keys)
         s, p, members = CATEGORIES[cat]
         kind = rng.random()
-        if list_facts and facts.random() < list_facts:
-            text = " ".join(_list_fact(facts, facts.choice(keys)) for _ in range(facts.randint(1, 3)))
-            text = text[0].upper() + text[1:]
-        elif kind < 0.75:
+        if kind < 0.75:
             sents = []
             for _ in range(rng.randint(1, 3)):
                 m, m2 = rng.sample(members, 2)
@@ -328,6 +325,9 @@ def corpus(n: int, seed: int, list_facts: float = 0.0) -> list[dict]:
             m = rng.choice(members)
             reply = rng.choice((f" I like {p}.", f" {m.capitalize()} is a {s}.", " Sure.", f" Let me think about {p}."))
             text = prompt + reply
+        if list_facts and facts.random() < list_facts:  # drawn after the plain document: the others stay as they were
+            text = " ".join(_list_fact(facts, facts.choice(keys)) for _ in range(facts.randint(1, 3)))
+            text = text[0].upper() + text[1:]
         rows.append({"text": text})
     return rows
 
