@@ -126,7 +126,7 @@ def test_sample_annotate_reward_score_dpo_rl_through_the_cli(trained, capsys):
     data = ["--data", str(d / "ranks.jsonl"), "--eval-data", str(d / "ranks.jsonl")]
     assert main(["reward", "--model", str(d / "sft"), *data, "--train.out", str(d / "rm"), *common]) == 0
     report = json.loads((d / "rm/eval.json").read_text())
-    assert report["held_out_pairs"] == 50 * 3  # the adjacent pairs of 50 rankings of 4
+    assert report["held_out_pairs"] == 50 * 6  # every pair of 50 rankings of 4
     completions = sorted({(r["prompt"], c) for r in ranks for c in r["completions"]})
     from_file = d / "completions.jsonl"
     from_file.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in completions))

@@ -15,10 +15,11 @@ import statistics
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..commands.common import comparisons
 from ..config import PREFERENCE_LOSSES
-from ..data import write_jsonl
-from ..evaluate import mean_ci, paired_bootstrap
-from ..models import load_policy
+from ..data import Comparison, Ranking, write_jsonl
+from ..evaluate import evaluate_reward_model, mean_ci, paired_bootstrap
+from ..models import RewardEnsemble, load_policy, load_reward_model
 from ..rollout import sample
 from ..world import lists
 from .pipeline import Pipeline
@@ -216,19 +217,23 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
+def _record_row(r: Comparison | Ranking) -> dict:
+    """A comparison or ranking as the row it was read from (``load_comparisons`` reads it back)."""
+    row = {k: v for k, v in vars(r).items() if v is not None}
+    if isinstance(r, Comparison):
+        row["chosen_ended"], row["rejected_ended"] = row.pop("ended")
+    return row
+
+
 def _ensemble_eval(p: Pipeline, name: str, n: int, k: float, limit: int, changes: dict, tau: float) -> dict:
     """``n`` reward models that differ only in their seed (initialisation and order), held out on the
     same rankings, scored as one (:class:`RewardEnsemble`: mean − k·std)."""
-    from ..commands.common import comparisons
-    from ..evaluate import evaluate_reward_model
-    from ..models import RewardEnsemble, load_reward_model
-
     cfg = p.reward_config(name, limit, changes, tau)
     train, held = comparisons(cfg.data, "", 0.1, p.seed)  # the split every member shares
     split = {}
     for part, rows in (("train", train), ("held", held)):
         split[part] = p.out / f"data/{Path(cfg.data).stem}-{part}.jsonl"
-        write_jsonl(split[part], [{k: v for k, v in vars(r).items() if v is not None} for r in rows])
+        write_jsonl(split[part], [_record_row(r) for r in rows])
     members = []
     for i in range(n):
         seeded = {
