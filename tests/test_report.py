@@ -66,6 +66,13 @@ def test_experiment_file_errors_are_clear(tmp_path, capsys):
     bad.write_text("pipeline: {rl: {betta: 1}}\nexperiments: {methods: {}}\n")
     assert main(["experiment", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "pipeline.rl: RLConfig has no field 'betta'" in capsys.readouterr().err
+    bad.write_text("seeds: [0, 0]\nexperiments: {methods: {}}\n")
+    assert main(["experiment", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "'seeds' must be a list of distinct integers" in capsys.readouterr().err
+    bad.write_text("experiments: {reward: {levers: {x: {pool: sum}}}}\n")  # pool belongs under reward:
+    assert main(["experiment", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "lever 'x' has unknown setting(s) ['pool']" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before anything ran
     assert main(["report", str(tmp_path / "nowhere")]) == 2
 
 

@@ -35,7 +35,7 @@ import yaml
 from .. import __version__
 from ..report import render, summary_table
 from .pipeline import Pipeline, check_settings
-from .runners import RUNNERS
+from .runners import RUNNERS, check_levers
 
 HERE = Path(__file__).parent
 DEMO_FILE, QUICK_FILE = HERE / "demo.yaml", HERE / "quick.yaml"
@@ -73,6 +73,8 @@ def load_spec(path: str | Path, quick: bool = False) -> dict:
         spec["pipeline"] = _merge(spec["pipeline"], lay["pipeline"])
         spec["experiments"] = {k: _merge(v or {}, lay["experiments"].get(k, {})) for k, v in spec["experiments"].items()}
     check_settings(spec["pipeline"], str(path))
+    if "reward" in spec["experiments"]:
+        check_levers(spec["experiments"]["reward"] or {}, f"{path}: experiments.reward")
     return spec
 
 

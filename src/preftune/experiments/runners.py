@@ -247,6 +247,23 @@ def _ensemble_eval(p: Pipeline, name: str, n: int, k: float, limit: int, changes
     return evaluate_reward_model(RewardEnsemble(members, k), tok, held, cfg.tau, cfg.model, cfg.eval_prompts, cfg.tokens)
 
 
+LEVER_SETTINGS = ("comparisons", "tau", "reward", "ensemble", "ensemble_k", "pipeline")
+
+
+def check_levers(params: dict, where: str = "reward") -> dict[str, dict]:
+    """The reward experiment's levers, refused (before anything runs) if one has an unknown setting."""
+    levers = params.get("levers") or {"demo": {}}
+    if not isinstance(levers, dict):
+        raise ValueError(f"{where}: 'levers' must map names to settings")
+    for name, lever in levers.items():
+        if not isinstance(lever or {}, dict):
+            raise ValueError(f"{where}: lever {name!r} must be a mapping of {', '.join(LEVER_SETTINGS)}")
+        unknown = set(lever or {}) - set(LEVER_SETTINGS)
+        if unknown:
+            raise ValueError(f"{where}: lever {name!r} has unknown setting(s) {sorted(unknown)} (settings: {', '.join(LEVER_SETTINGS)})")
+    return {name: dict(lever or {}) for name, lever in levers.items()}
+
+
 def reward(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
     """Reward-model levers, one row each: what a change to the data, the model or the pipeline does to
     the reward model's gold pair accuracy and held-out accuracy against the Bayes bound.
@@ -256,11 +273,7 @@ def reward(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
     members; ``ensemble_k``: score mean − k·std) and ``pipeline`` (changes to the shared stages: the
     lever then builds its own world, base model and pi_SFT under ``OUT/levers/NAME``, and is measured
     on its own pi_SFT's samples)."""
-    levers = {name: dict(lever or {}) for name, lever in (params.get("levers") or {"demo": {}}).items()}
-    for name, lever in levers.items():
-        unknown = set(lever) - {"comparisons", "tau", "reward", "ensemble", "ensemble_k", "pipeline"}
-        if unknown:
-            raise ValueError(f"reward lever {name!r}: unknown setting(s) {sorted(unknown)}")
+    levers = check_levers(params)
     yield
     rows = []
     for name, lever in levers.items():
