@@ -20,7 +20,7 @@ from . import distributed
 from .config import SamplingConfig, TokenConfig
 from .data import Comparison, Ranking, collate, load_prompts
 from .logprobs import completion_logps
-from .methods.reward import score_texts
+from .methods.reward import score_samples, score_texts
 from .models import load_policy
 from .rollout import Sample, sample
 from .world import lists
@@ -240,16 +240,6 @@ def gold_agreement(samples: Sequence[Sample], scores: Sequence[float], k: int) -
     return {"gold_pair_accuracy": acc, "gold_pair_accuracy_ci95": ci, "gold_pairs": sum(counts), "components": per_component}
 
 
-@torch.no_grad()
-def score_samples(rm, samples: Sequence[Sample], pad_id: int, batch_size: int = 256) -> list[float]:
-    """Reward-model scores of sampled completions, as sampled (EOS only where one was emitted)."""
-    out = []
-    for i in range(0, len(samples), batch_size):
-        batch = collate([s.encoded() for s in samples[i : i + batch_size]], pad_id)
-        out += rm(batch.input_ids, batch.attention_mask, batch.completion_mask).tolist()
-    return out
-
-
 def evaluate_reward_model(
     rm,
     tokenizer,
@@ -270,8 +260,11 @@ def evaluate_reward_model(
     with gold (kept for comparison) mostly measures offsets between prompts that no label constrains.
     """
     pairs = labelled_pairs(held, tau)
-    s_w = score_texts(rm, tokenizer, [(p, w) for p, w, we, *_ in pairs], tokens, [we for _, _, we, *_ in pairs])
-    s_l = score_texts(rm, tokenizer, [(p, l) for p, _, _, l, _, _ in pairs], tokens, [le for *_, le, _ in pairs])
+    # each completion once (a ranking's completions appear in K - 1 pairs each)
+    texts = list(dict.fromkeys(x for p, w, we, l, le, _ in pairs for x in ((p, w, we), (p, l, le))))
+    scored = dict(zip(texts, score_texts(rm, tokenizer, [(p, c) for p, c, _ in texts], tokens, [e for *_, e in texts])))
+    s_w = torch.stack([scored[(p, w, we)] for p, w, we, *_ in pairs])
+    s_l = torch.stack([scored[(p, l, le)] for p, _, _, l, le, _ in pairs])
     accuracy = float(((s_w > s_l).float() + 0.5 * (s_w == s_l).float()).mean())
     bayes = lists.bayes_optimal_accuracy([p for *_, p in pairs])
     # Calibration: predicted P(chosen > rejected) = sigmoid(s_w - s_l) against how often the
@@ -297,7 +290,7 @@ def evaluate_reward_model(
     )
     fresh = sample(model, ptok, prompts, SamplingConfig(seed=4321), n=k_fresh)
     gold = [lists.gold_reward(s.prompt, s.completion, s.ended) for s in fresh]
-    scores = score_samples(rm, fresh, tokenizer.pad_token_id)
+    scores = score_samples(rm, fresh, tokenizer.pad_token_id).tolist()
     return {
         "held_out_pairs": len(pairs),
         "accuracy": accuracy,

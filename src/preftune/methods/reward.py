@@ -137,3 +137,14 @@ def score_texts(
         batch = collate(enc, tokenizer.pad_token_id)
         out.append(rm(batch.input_ids, batch.attention_mask, batch.completion_mask))
     return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.no_grad()
+def score_samples(rm, samples, pad_id: int, batch_size: int = 256) -> torch.Tensor:
+    """Reward-model scores (N,) of sampled completions (:class:`preftune.rollout.Sample`), as sampled:
+    their own ids, with an EOS only where one was emitted."""
+    out = []
+    for i in range(0, len(samples), batch_size):
+        batch = collate([s.encoded() for s in samples[i : i + batch_size]], pad_id)
+        out.append(rm(batch.input_ids, batch.attention_mask, batch.completion_mask))
+    return torch.cat(out) if out else torch.zeros(0)

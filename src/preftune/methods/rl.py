@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import random
-import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,12 +30,14 @@ import torch
 from .. import distributed, losses
 from ..config import RLConfig
 from ..data import Batch, Encoded, collate, write_jsonl
+from ..evaluate import mean_ci
 from ..logprobs import completion_logps, model_device
 from ..loop import StepLoss
 from ..models import load_reward_model
 from ..rollout import Rollout, Sample, sample
 from ..world import lists
 from .algorithms import Algorithm
+from .reward import score_samples
 
 
 class Scorer:
@@ -56,8 +57,9 @@ class Scorer:
 
     def score_all(self, samples: list[Sample], pad_id: int, batch_size: int = 256) -> torch.Tensor:
         """Scores (N,) of any number of samples, in batches."""
-        chunks = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
-        return torch.cat([self(c, collate([s.encoded() for s in c], pad_id)) for c in chunks])
+        if self.gold:
+            return torch.tensor([lists.gold_reward(s.prompt, s.completion, s.ended) for s in samples])
+        return score_samples(self.rm, samples, pad_id, batch_size)
 
 
 def gold_or_none(samples: list[Sample]) -> list[float] | None:
@@ -209,11 +211,11 @@ class RLHF:
             "sample_s": round(sample_s, 3),  # generation (rank 0's share under torchrun)
             "score_s": round(time.perf_counter() - t0 - sample_s, 3),  # scoring, the reference pass, gathering, targets
         }
-        stats["score_ci95"] = 1.96 * float(scores.std()) / len(samples) ** 0.5 if len(samples) > 1 else None
+        stats["score_ci95"] = mean_ci(scores.tolist())[1] if len(samples) > 1 else None
         gold = gold_or_none(samples)
         if gold is not None:
-            stats["gold"] = statistics.fmean(gold)
-            stats["gold_ci95"] = 1.96 * statistics.stdev(gold) / len(gold) ** 0.5 if len(gold) > 1 else None
+            stats["gold"], ci = mean_ci(gold)
+            stats["gold_ci95"] = ci if len(gold) > 1 else None
         blob = {"targets": targets.to_dict(), "stats": stats, "carry": next_carry}
         if distributed.is_main():
             tmp = self._file(iteration).with_suffix(".tmp")

@@ -174,7 +174,7 @@ def components(prompt: str, completion: str, ended: bool = True, extra: int = 0)
             correct += 1
         else:
             wrong += 1
-    well_formed = bool(items) and _WELL_FORMED_RE.match(completion) is not None and all(i in ALL_MEMBERS for i in items)
+    well_formed = _well_formed(completion, items)
     return {
         "coverage": min(correct, want) / want,
         "well_formed": float(well_formed),
@@ -201,7 +201,11 @@ def gold_reward(prompt: str, completion: str, ended: bool = True) -> float:
 
 
 def is_well_formed(completion: str) -> bool:
-    items = parse_items(completion)
+    return _well_formed(completion, parse_items(completion))
+
+
+def _well_formed(completion: str, items: list[str]) -> bool:
+    """The module doc's "well formed", given the completion's parsed items."""
     return bool(items) and _WELL_FORMED_RE.match(completion) is not None and all(i in ALL_MEMBERS for i in items)
 
 
