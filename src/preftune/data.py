@@ -80,41 +80,95 @@ class Ranking:
 
 # ------------------------------------------------------------------------------------- readers
 
+SHOWN = 60  # characters of a bad value an error message quotes
+
+
+def shown(value) -> str:
+    """``repr(value)``, cut to a length an error line can carry."""
+    text = repr(value)
+    return text if len(text) <= SHOWN else text[: SHOWN - 5] + " ...'"
+
+
+def _decode(raw: bytes, path: Path, where) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(path, where, f"not UTF-8 text: byte 0x{raw[e.start]:02x} at column {e.start + 1}") from None
+
 
 def read_rows(path: str | Path) -> Iterator[tuple[str | int, dict]]:
-    """Yield ``(where, row)`` from a JSONL, JSON or Parquet file; ``where`` locates the row for errors."""
+    """Yield ``(where, row)`` from a JSONL, JSON or Parquet file, or a directory holding a Hugging
+    Face dataset saved with ``save_to_disk``; ``where`` locates the row for errors.
+
+    UTF-8 only (a byte-order mark at the start is allowed), LF or CRLF line ends, blank lines are
+    not rows. Anything else that is not a JSON object per row is a :class:`DataError`.
+    """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    if path.is_dir():
+        yield from _dataset_rows(path)
+        return
     suffix = path.suffix.lower()
     if suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(path, "file", f"not a readable Parquet file: {str(e).splitlines()[0][:200]}") from None
+        for i, row in enumerate(table.to_pylist()):
             yield f"row {i + 1}", row
     elif suffix == ".json":
+        raw = path.read_bytes()
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(raw.decode("utf-8-sig"))
+        except UnicodeDecodeError as e:
+            line = raw[: e.start].count(b"\n") + 1
+            raise DataError(path, line, f"not UTF-8 text: byte 0x{raw[e.start]:02x}") from None
         except json.JSONDecodeError as e:
             raise DataError(path, e.lineno, f"invalid JSON: {e.msg}") from None
         if not isinstance(data, list):
-            raise DataError(path, 1, "a .json data file must hold a list of objects")
+            raise DataError(path, 1, f"a .json data file must hold a list of objects, not a {type(data).__name__}")
         for i, row in enumerate(data):
             if not isinstance(row, dict):
                 raise DataError(path, f"record {i + 1}", f"expected an object, got {type(row).__name__}")
             yield f"record {i + 1}", row
     else:  # JSONL
-        with path.open() as f:
-            for lineno, line in enumerate(f, 1):
+        with path.open("rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                line = _decode(raw, path, lineno)
+                if lineno == 1:
+                    line = line.removeprefix("\ufeff")
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataError(path, lineno, f"invalid JSON: {e.msg}") from None
+                    cut = "" if raw.endswith(b"\n") else " (the last line has no line end: is the file cut short?)"
+                    raise DataError(path, lineno, f"invalid JSON: {e.msg} at column {e.colno}{cut}") from None
                 if not isinstance(row, dict):
                     raise DataError(path, lineno, f"expected a JSON object, got {type(row).__name__}")
                 yield lineno, row
+
+
+def _dataset_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    """Rows of a ``datasets.Dataset`` saved with ``save_to_disk`` (a ``DatasetDict``: its "train" split)."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(path, "directory", "a directory is read as a Hugging Face dataset: `pip install datasets`") from None
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError, KeyError) as e:
+        raise DataError(path, "directory", f"not a dataset saved with save_to_disk ({str(e).splitlines()[0][:160]})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise DataError(path, "directory", f"a DatasetDict without a 'train' split: name one, e.g. {path / next(iter(ds))}")
+        ds = ds["train"]
+    for i, row in enumerate(ds):
+        yield f"row {i + 1}", row
 
 
 def _text(row: dict, key: str, path, where, allow_empty: bool = False) -> str:
@@ -128,30 +182,64 @@ def _text(row: dict, key: str, path, where, allow_empty: bool = False) -> str:
     return value
 
 
-def render_conversation(messages: Sequence[dict], path="<messages>", where="?") -> SFTExample:
-    """Turn ``[{"role", "content"}, ...]`` ending in an assistant turn into prompt + completion.
+ROLES = ("system", "user", "assistant")
 
-    Everything before the last assistant turn is the prompt (rendered in the ``Human: ...
-    Assistant:`` format, as the tokenizer's chat template does); the last turn is the completion.
-    """
-    if not isinstance(messages, list) or not messages:
-        raise DataError(path, where, "'messages' must be a non-empty list")
+
+def _messages(value, path, where, field: str = "messages") -> list[dict]:
+    """A checked list of ``{"role", "content"}`` messages (TRL's conversational format)."""
+    if not isinstance(value, list) or not value:
+        raise DataError(path, where, f"{field!r} must be a non-empty list of messages")
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise DataError(path, where, f"{field}[{i}] must be an object with string 'role' and 'content'")
+        if m["role"] not in ROLES:
+            raise DataError(path, where, f"{field}[{i}] has unknown role {shown(m['role'])} (roles: {', '.join(ROLES)})")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def _builtin_template(messages: Sequence[dict], add_generation_prompt: bool) -> str:
+    """The ``Human: ... Assistant:`` rendering (the same as ``models.CHAT_TEMPLATE``)."""
     parts = []
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise DataError(path, where, f"messages[{i}] must be an object with string 'role' and 'content'")
-        if m["role"] not in ("system", "user", "assistant"):
-            raise DataError(path, where, f"messages[{i}] has unknown role {m['role']!r}")
-    if messages[-1]["role"] != "assistant":
-        raise DataError(path, where, "the last message must be the assistant's (it is the completion)")
-    for i, m in enumerate(messages[:-1]):
         if m["role"] == "user":
             parts.append(("\n\n" if i else "") + "Human: " + m["content"])
         elif m["role"] == "assistant":
             parts.append(ASSISTANT_MARK + " " + m["content"])
         else:  # a system message, rendered as it is
             parts.append(m["content"])
-    return SFTExample("".join(parts) + ASSISTANT_MARK, " " + messages[-1]["content"])
+    return "".join(parts) + (ASSISTANT_MARK if add_generation_prompt else "")
+
+
+def render_messages(prompt: Sequence[dict], completion: Sequence[dict], chat=None, path="<messages>", where="?") -> SFTExample:
+    """Prompt messages and completion messages as prompt text and completion text.
+
+    Rendered by ``chat``'s chat template when it has one (a tokenizer), else in the ``Human: ...
+    Assistant:`` format: the prompt with the generation prompt, the completion as what the whole
+    conversation adds to it (TRL's convention). A trailing EOS is left out: encoding appends it.
+    """
+    if not prompt or not completion:
+        raise DataError(path, where, "a conversation needs prompt messages and completion messages")
+    if chat is not None and getattr(chat, "chat_template", None):
+        head = chat.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+        whole = chat.apply_chat_template([*prompt, *completion], tokenize=False)
+    else:
+        head, whole = _builtin_template(prompt, True), _builtin_template([*prompt, *completion], False)
+    if not whole.startswith(head):
+        raise DataError(path, where, "the chat template renders the prompt differently alone and in the conversation: cannot split it")
+    tail = whole[len(head) :]
+    eos = getattr(chat, "eos_token", None)
+    if eos and tail.endswith(eos):
+        tail = tail[: -len(eos)]
+    return SFTExample(head, tail)
+
+
+def render_conversation(messages: Sequence[dict], path="<messages>", where="?", chat=None) -> SFTExample:
+    """``[{"role", "content"}, ...]`` ending in an assistant turn as prompt + completion: everything
+    before the last turn is the prompt, the last turn the completion (:func:`render_messages`)."""
+    messages = _messages(messages, path, where)
+    if messages[-1]["role"] != "assistant":
+        raise DataError(path, where, "the last message must be the assistant's (it is the completion)")
+    return render_messages(messages[:-1], messages[-1:], chat, path, where)
 
 
 def split_transcript(text: str, path="<transcript>", where="?") -> tuple[str, str]:
@@ -163,12 +251,16 @@ def split_transcript(text: str, path="<transcript>", where="?") -> tuple[str, st
     return text[:cut], text[cut:]
 
 
-def load_sft(path: str | Path) -> list[SFTExample]:
-    """SFT rows: ``{"prompt", "completion"}`` or ``{"messages": [...]}``."""
+def load_sft(path: str | Path, chat=None) -> list[SFTExample]:
+    """SFT rows (TRL's formats): ``{"prompt", "completion"}`` as strings or as message lists, or
+    ``{"messages": [...]}``; messages are rendered with ``chat``'s template (:func:`render_messages`)."""
     out = []
     for where, row in read_rows(path):
         if "messages" in row:
-            out.append(render_conversation(row["messages"], path, where))
+            out.append(render_conversation(row["messages"], path, where, chat))
+        elif isinstance(row.get("prompt"), list) or isinstance(row.get("completion"), list):
+            prompt, completion = (_messages(row.get(k), path, where, k) for k in ("prompt", "completion"))
+            out.append(render_messages(prompt, completion, chat, path, where))
         elif "prompt" in row or "completion" in row:
             out.append(SFTExample(_text(row, "prompt", path, where, allow_empty=True), _text(row, "completion", path, where)))
         else:
@@ -177,51 +269,107 @@ def load_sft(path: str | Path) -> list[SFTExample]:
     return out
 
 
-def load_comparisons(path: str | Path) -> list[Comparison | Ranking]:
-    """Comparison rows: pairs, HH-RLHF whole transcripts, or K-way rankings (README: "Data formats")."""
+def _conversational_pair(row: dict, path, where, chat) -> tuple[str, str, str]:
+    """(prompt, chosen, rejected) texts of a pair given as message lists, with the prompt explicit or
+    implicit (the messages ``chosen`` and ``rejected`` share before they differ)."""
+    chosen, rejected = _messages(row["chosen"], path, where, "chosen"), _messages(row["rejected"], path, where, "rejected")
+    if "prompt" in row:
+        prompt = _messages(row["prompt"], path, where, "prompt")
+    else:
+        n = 0
+        while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+            n += 1
+        if n == 0:
+            raise DataError(path, where, "without a 'prompt', 'chosen' and 'rejected' must start with the same prompt messages")
+        prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
+    c, r = render_messages(prompt, chosen, chat, path, where), render_messages(prompt, rejected, chat, path, where)
+    return c.prompt, c.completion, r.completion
+
+
+def _strength(row: dict, path, where) -> float | None:
+    value = row.get("strength")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:  # NaN fails the range too
+        raise DataError(path, where, f"'strength' must be a number in [0, 1], got {shown(value)}")
+    return float(value)
+
+
+def load_comparisons(path: str | Path, chat=None) -> list[Comparison | Ranking]:
+    """Comparison rows: pairs (TRL's preference formats: strings or message lists, explicit or
+    implicit prompt; HH-RLHF whole transcripts) or K-way rankings (README: "Data formats").
+
+    Refused, as rows that cannot teach anything: a pair whose chosen and rejected are the same
+    (text and ended flag), a ranking that repeats a completion.
+    """
     out: list[Comparison | Ranking] = []
     for where, row in read_rows(path):
         meta = {k: row.get(k) for k in ("annotator", "group")}
         for k, v in meta.items():
             if v is not None and not isinstance(v, str):
-                raise DataError(path, where, f"field {k!r} must be a string")
+                raise DataError(path, where, f"field {k!r} must be a string, got {type(v).__name__}")
         if "ranking" in row or "completions" in row:
             prompt = _text(row, "prompt", path, where)
             comps, ranking = row.get("completions"), row.get("ranking")
             if not isinstance(comps, list) or len(comps) < 2 or not all(isinstance(c, str) for c in comps):
                 raise DataError(path, where, "'completions' must be a list of at least 2 strings")
-            if not isinstance(ranking, list) or sorted(ranking) != list(range(len(comps))):
-                raise DataError(path, where, f"'ranking' must be a permutation of 0..{len(comps) - 1}, got {ranking!r}")
+            if (
+                not isinstance(ranking, list)
+                or not all(isinstance(i, int) and not isinstance(i, bool) for i in ranking)
+                or sorted(ranking) != list(range(len(comps)))
+            ):
+                raise DataError(path, where, f"'ranking' must be a permutation of 0..{len(comps) - 1}, got {shown(ranking)}")
             ended = row.get("ended")
             if ended is not None and (
                 not isinstance(ended, list) or len(ended) != len(comps) or not all(isinstance(e, bool) for e in ended)
             ):
-                raise DataError(path, where, f"'ended' must be a list of {len(comps)} booleans (one per completion), got {ended!r}")
+                raise DataError(path, where, f"'ended' must be a list of {len(comps)} booleans (one per completion), got {shown(ended)}")
+            seen = {}
+            for i, item in enumerate(zip(comps, ended or [True] * len(comps))):
+                if item in seen:
+                    raise DataError(path, where, f"completions {seen[item]} and {i} are the same: a ranking of them means nothing")
+                seen[item] = i
             out.append(Ranking(prompt, tuple(comps), tuple(ranking), **meta, ended=None if ended is None else tuple(ended)))
             continue
-        # an empty completion (EOS at once) is a legitimate thing to compare
-        chosen, rejected = _text(row, "chosen", path, where, allow_empty=True), _text(row, "rejected", path, where, allow_empty=True)
-        if "prompt" in row:
-            prompt = _text(row, "prompt", path, where)
-        else:  # HH-RLHF: two whole transcripts sharing everything up to the last Assistant turn
-            prompt, chosen = split_transcript(chosen, path, where)
-            prompt_r, rejected = split_transcript(rejected, path, where)
-            if prompt_r != prompt:
-                raise DataError(path, where, "chosen and rejected transcripts differ before the last Assistant turn")
-        strength = row.get("strength")
-        if strength is not None and (not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0):
-            raise DataError(path, where, f"'strength' must be a number in [0, 1], got {strength!r}")
+        for k in ("chosen", "rejected"):
+            if k not in row:
+                raise DataError(path, where, f"missing field {k!r} (fields present: {sorted(row)})")
+        if isinstance(row["chosen"], list) or isinstance(row["rejected"], list):
+            prompt, chosen, rejected = _conversational_pair(row, path, where, chat)
+        else:  # an empty completion (EOS at once) is a legitimate thing to compare
+            chosen, rejected = _text(row, "chosen", path, where, allow_empty=True), _text(row, "rejected", path, where, allow_empty=True)
+            if "prompt" in row:
+                prompt = _text(row, "prompt", path, where)
+            else:  # HH-RLHF: two whole transcripts sharing everything up to the last Assistant turn
+                prompt, chosen = split_transcript(chosen, path, where)
+                prompt_r, rejected = split_transcript(rejected, path, where)
+                if prompt_r != prompt:
+                    raise DataError(path, where, "chosen and rejected transcripts differ before the last Assistant turn")
+        strength = _strength(row, path, where)
         ended = tuple(row.get(k, True) for k in ("chosen_ended", "rejected_ended"))
         if not all(isinstance(e, bool) for e in ended):
-            raise DataError(path, where, f"'chosen_ended' and 'rejected_ended' must be booleans, got {ended!r}")
+            raise DataError(path, where, f"'chosen_ended' and 'rejected_ended' must be booleans, got {shown(ended)}")
+        if chosen == rejected and ended[0] == ended[1]:
+            raise DataError(path, where, "'chosen' and 'rejected' are the same: the pair prefers nothing")
         out.append(Comparison(prompt, chosen, rejected, strength, **meta, ended=ended))
     _nonempty(out, path)
     return out
 
 
-def load_prompts(path: str | Path) -> list[str]:
-    """Prompt rows: ``{"prompt"}`` (other fields are ignored, so SFT or comparison files work too)."""
-    out = [_text(row, "prompt", path, where) for where, row in read_rows(path)]
+def load_prompts(path: str | Path, chat=None) -> list[str]:
+    """Prompt rows: ``{"prompt"}``, a string or a message list (rendered with the generation prompt);
+    other fields are ignored, so SFT or comparison files work too."""
+    out = []
+    for where, row in read_rows(path):
+        if isinstance(row.get("prompt"), list):
+            messages = _messages(row["prompt"], path, where, "prompt")
+            out.append(
+                chat.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                if chat is not None and getattr(chat, "chat_template", None)
+                else _builtin_template(messages, True)
+            )
+        else:
+            out.append(_text(row, "prompt", path, where))
     _nonempty(out, path)
     return out
 

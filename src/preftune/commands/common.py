@@ -30,10 +30,13 @@ def record_config(cfg: Any, command: str) -> None:
         save_config(cfg, f"{cfg.train.out}/run_config.json", command=command, preftune=__version__)
 
 
-def comparisons(data: str, eval_data: str, fraction: float, seed: int) -> tuple[list[Comparison | Ranking], list[Comparison | Ranking]]:
-    """Training and held-out comparisons: ``eval_data``'s, or a seeded ``fraction`` of ``data``."""
-    records = load_comparisons(data)
-    held = load_comparisons(eval_data) if eval_data else []
+def comparisons(
+    data: str, eval_data: str, fraction: float, seed: int, chat=None
+) -> tuple[list[Comparison | Ranking], list[Comparison | Ranking]]:
+    """Training and held-out comparisons: ``eval_data``'s, or a seeded ``fraction`` of ``data``
+    (conversations rendered with ``chat``'s chat template)."""
+    records = load_comparisons(data, chat)
+    held = load_comparisons(eval_data, chat) if eval_data else []
     return (records, held) if held else held_out_split(records, fraction=fraction, seed=seed)
 
 
@@ -57,9 +60,9 @@ def report_truncation(encoded: Sequence[Encoded], what: str) -> None:
         print(f"note: {n} of {len(encoded)} {what} were truncated (policy: preftune.data module doc)")
 
 
-def prompts_from(path: str, limit: int = 0) -> list[str]:
+def prompts_from(path: str, limit: int = 0, chat=None) -> list[str]:
     """The prompts of a ``{'prompt'}`` file, only the first ``limit`` when it is not 0."""
-    prompts = load_prompts(path)
+    prompts = load_prompts(path, chat)
     return prompts[:limit] if limit else prompts
 
 

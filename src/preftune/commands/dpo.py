@@ -80,7 +80,7 @@ def dpo(cfg: DPOConfig) -> Path:
     out = Path(cfg.train.out)
     model, tokenizer = load_policy(cfg.model)
     record_config(cfg, "dpo")
-    records, held_records = comparisons(cfg.data, cfg.eval_data, 0.05, cfg.train.seed)
+    records, held_records = comparisons(cfg.data, cfg.eval_data, 0.05, cfg.train.seed, tokenizer)
     train_pairs, held_pairs = to_pairs(records, tokenizer, cfg.tokens), to_pairs(held_records, tokenizer, cfg.tokens)
     pad, leash = tokenizer.pad_token_id, "no reference"
     if cfg.loss == "unlikelihood":  # the baseline: no function of Δ, no reference

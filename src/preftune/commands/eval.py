@@ -17,7 +17,7 @@ from .common import emit_rows, prepare, prompts_from
 def generate(cfg: GenerateConfig) -> list[dict]:
     prepare(cfg)
     model, tokenizer = load_policy(cfg.model)
-    samples = sample_shared(model, tokenizer, prompts_from(cfg.prompts, cfg.limit), cfg.gen, n=cfg.n, progress=True)
+    samples = sample_shared(model, tokenizer, prompts_from(cfg.prompts, cfg.limit, tokenizer), cfg.gen, n=cfg.n, progress=True)
     rows = [{"prompt": s.prompt, "completion": s.completion, "ended": s.ended} for s in samples]
     if distributed.is_main():
         emit_rows(rows, cfg.out, "completions")

@@ -23,7 +23,7 @@ def reward(cfg: RewardConfig) -> dict:
     out = Path(cfg.train.out)
     rm, tokenizer = build_reward_model(cfg.model, seed=cfg.train.seed, pool=cfg.pool)
     record_config(cfg, "reward")
-    records, held_records = comparisons(cfg.data, cfg.eval_data, 0.1, cfg.train.seed)
+    records, held_records = comparisons(cfg.data, cfg.eval_data, 0.1, cfg.train.seed, tokenizer)
 
     def units(rs):
         return to_units(rs, tokenizer, cfg.tokens.max_length, cfg.tokens.max_prompt_length, cfg.use_strength)
@@ -64,7 +64,7 @@ def score(cfg: ScoreConfig) -> list[float]:
     prepare(cfg)
     rm, tokenizer = load_reward_model(cfg.reward)
     rows = [row for _, row in read_rows(cfg.data)]
-    mine = distributed.shard([(r.prompt, r.completion) for r in load_sft(cfg.data)])  # all of them in one process
+    mine = distributed.shard([(r.prompt, r.completion) for r in load_sft(cfg.data, tokenizer)])  # all of them in one process
     scores = distributed.gather(score_texts(rm, tokenizer, mine).tolist())
     if distributed.is_main():
         emit_rows([{**row, "score": s} for row, s in zip(rows, scores)], cfg.out, "scores")

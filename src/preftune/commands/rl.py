@@ -44,7 +44,7 @@ def rl(cfg: RLConfig) -> Path:
 
     resumed = checkpoint_state(out) if cfg.train.resume else None
     start = resumed["epoch"] if resumed else 0  # rollouts from here on came from weights we no longer have
-    method = RLHF(cfg, algorithm, policy, tokenizer, reference, scorer, load_prompts(cfg.prompts), ptx=ptx, start=start)
+    method = RLHF(cfg, algorithm, policy, tokenizer, reference, scorer, load_prompts(cfg.prompts, tokenizer), ptx=ptx, start=start)
     per_iteration = steps_per_epoch(method, cfg.train)
     save_every = math.ceil(max(1, cfg.train.save_every) / per_iteration) * per_iteration  # checkpoints at iteration ends
     leash = f"β {cfg.beta} ({cfg.kl_estimator})" + (f", adaptive to KL {cfg.target_kl}" if cfg.target_kl else "")
@@ -92,7 +92,7 @@ def best_of_n(cfg: BestOfNConfig) -> dict:
     model, tokenizer = load_policy(cfg.model)
     scorer = Scorer(cfg.reward)
     t0 = time.perf_counter()
-    samples = sample_shared(model, tokenizer, prompts_from(cfg.prompts, cfg.limit), cfg.gen, n=cfg.n, progress=not cfg.json)
+    samples = sample_shared(model, tokenizer, prompts_from(cfg.prompts, cfg.limit, tokenizer), cfg.gen, n=cfg.n, progress=not cfg.json)
     mine = distributed.shard(samples)  # under torchrun each process scores a share
     scores = torch.tensor(distributed.gather(scorer.score_all(mine, tokenizer.pad_token_id).tolist() if mine else []))
     best = losses.pick_best(scores, cfg.n).tolist()

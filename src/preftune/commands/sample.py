@@ -19,7 +19,7 @@ def sample_sets(cfg: SampleConfig) -> Path:
     """K completions per prompt, batched with a KV cache, as JSONL ready for labelling."""
     prepare(cfg)
     model, tokenizer = load_policy(cfg.model)
-    prompts = prompts_from(cfg.prompts, cfg.limit)
+    prompts = prompts_from(cfg.prompts, cfg.limit, tokenizer)
     samples = sample_shared(model, tokenizer, prompts, cfg.gen, n=cfg.k, progress=True)
     rows = []
     for i, prompt in enumerate(prompts):
@@ -60,19 +60,36 @@ def plackett_luce_order(annotator: lists.Annotator, prompt: str, completions: li
 
 
 def annotate(cfg: AnnotateConfig) -> Path:
-    """Label sampled sets with simulated Bradley–Terry annotators (``annotator``/``group`` recorded)."""
+    """Label sampled sets with simulated Bradley–Terry annotators (``annotator``/``group`` recorded).
+
+    A completion repeated in a set is labelled once (its repeats would be a ranking or a pair of
+    identical texts, which ``load_comparisons`` refuses)."""
     if not cfg.simulated:
         raise ValueError("only --simulated labelling runs offline; people label with the web app (`preftune label serve`)")
     rng = random.Random(f"annotate-{cfg.seed}")
     pool = annotators(cfg.tau, cfg.minority)
-    rows = []
+    rows, repeats, skipped = [], 0, 0
     for where, row in read_rows(cfg.samples):
         prompt, comps = row.get("prompt"), row.get("completions")
-        if not isinstance(prompt, str) or not isinstance(comps, list) or len(comps) < 2:
-            raise DataError(cfg.samples, where, "expected {'prompt', 'completions': [at least 2]} (the output of `preftune sample`)")
+        if not isinstance(prompt, str) or not isinstance(comps, list) or len(comps) < 2 or not all(isinstance(c, str) for c in comps):
+            raise DataError(
+                cfg.samples, where, "expected {'prompt', 'completions': [at least 2 strings]} (the output of `preftune sample`)"
+            )
         ended = row.get("ended") or [True] * len(comps)
+        if not isinstance(ended, list) or len(ended) != len(comps) or not all(isinstance(e, bool) for e in ended):
+            raise DataError(cfg.samples, where, f"'ended' must be a list of {len(comps)} booleans, one per completion")
+        distinct = list(dict.fromkeys(zip(comps, ended)))  # a repeated completion carries no preference: labelled once
+        repeats += len(comps) - len(distinct)
+        if len(distinct) < 2:
+            skipped += 1
+            continue
+        comps, ended = [c for c, _ in distinct], [e for _, e in distinct]
         ann = rng.choices([a for a, _ in pool], weights=[w for _, w in pool])[0]
         labels = {"annotator": f"sim-{ann.group}-tau{cfg.tau:g}", "group": ann.group}
+        try:
+            lists.parse_request(prompt)
+        except ValueError as e:
+            raise DataError(cfg.samples, where, str(e)) from None
         if cfg.format == "rankings":
             order = plackett_luce_order(ann, prompt, comps, ended, rng)
             rows.append({"prompt": prompt, "completions": comps, "ranking": order, "ended": ended, **labels})
@@ -92,6 +109,8 @@ def annotate(cfg: AnnotateConfig) -> Path:
                     **labels,
                 }
             )
+    if repeats:
+        print(f"note: {repeats} repeated completions labelled once; {skipped} sets had fewer than 2 distinct completions and were left out")
     write_jsonl(cfg.out, rows)
     print(f"wrote {len(rows)} {cfg.format} to {cfg.out}")
     return Path(cfg.out)

@@ -43,8 +43,8 @@ def sft(cfg: SFTConfig) -> Path:
     def enc(rows):
         return [encode(tokenizer, r.prompt, r.completion, cfg.tokens.max_length, cfg.tokens.max_prompt_length) for r in rows]
 
-    train_set = enc(load_sft(cfg.data))
-    held = enc(load_sft(cfg.eval_data)) if cfg.eval_data else []
+    train_set = enc(load_sft(cfg.data, tokenizer))
+    held = enc(load_sft(cfg.eval_data, tokenizer)) if cfg.eval_data else []
     if not held:
         train_set, held = held_out_split(train_set, seed=cfg.train.seed)
     report_truncation(train_set, "demonstrations")

@@ -51,7 +51,8 @@ def read_tasks(path: str | Path) -> list[tuple[str, str, str, str]]:
     out = []
     for where, row in read_rows(path):
         prompt = row.get("prompt")
-        pair = [row.get("a"), row.get("b")] if "a" in row or "b" in row else (row.get("completions") or [])[:2]
+        comps = row.get("completions")
+        pair = [row.get("a"), row.get("b")] if "a" in row or "b" in row else comps[:2] if isinstance(comps, list) else []
         if not isinstance(prompt, str) or not prompt:
             raise DataError(path, where, "missing or empty string field 'prompt'")
         if len(pair) != 2 or not all(isinstance(x, str) for x in pair):

@@ -129,7 +129,7 @@ def tag_prompt(prompt: str, group: str) -> str:
     for policies conditioned on the group; :func:`parse_request` still reads it."""
     head, sep, request = prompt.rpartition(HUMAN)
     if not sep:
-        raise ValueError(f"not a prompt of the lists world: {prompt!r}")
+        raise ValueError(f"not a prompt of the lists world: {prompt[:60]!r}")
     return f"{head}{HUMAN}({group}) {request}"
 
 
@@ -138,7 +138,7 @@ def parse_request(prompt: str) -> Request:
     human = prompt.rsplit(HUMAN, 1)[-1]
     m = _REQUEST_RE.search(human)
     if m is None:
-        raise ValueError(f"not a prompt of the lists world: {prompt!r}")
+        raise ValueError(f"not a prompt of the lists world: {prompt[:60]!r}")
     k = m["k"]
     k = int(k) if k.isdigit() else NUMBER_WORDS.index(k) + 1
     return Request(_NOUN_TO_CATEGORY[m["noun"]], k)
