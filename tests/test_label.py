@@ -252,3 +252,311 @@ def test_browser_labels_three_tasks_with_mouse_and_keyboard_then_exported_labels
         main([*args, "--train.max-steps", "2", "--train.batch-size", "2", "--no-world-eval", "--train.no-progress", "--use-strength"]) == 0
     )
     assert (tmp_path / "rm/config.json").exists()
+
+
+# ------------------------------------------------------------------ load and attack
+
+
+def _label_load():
+    """bench/label_load.py, imported by path (bench/ is scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("label_load", Path(__file__).resolve().parents[1] / "bench" / "label_load.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_sixteen_annotators_through_sigkills_and_restarts_lose_no_acknowledged_label(tmp_path):
+    report = _label_load().run(annotators=16, labels=100, kills=2, seed=1, workdir=tmp_path, timeout=90)
+    assert report["errors"] == [] and report["finished"] == 16
+    assert report["kills"] == 2
+    assert report["lost"] == 0
+    # each annotator labels each of the 100 tasks once; a POST cut by a kill is retried until answered
+    assert report["acknowledged"] == report["stored"] == 1600
+    assert 0 < report["p50_ms"] <= report["p99_ms"] <= report["max_ms"]
+
+
+ALICE, BOB = "alice-token-0123456789abcdef", "bob-token-0123456789abcdefgh"
+PAYLOAD = "<script>alert(1)</script>"
+
+
+def _app(tmp_path, tokens=None, rows=TASKS):
+    from fastapi.testclient import TestClient
+
+    from preftune.label.app import create_app
+
+    store = Store(tmp_path / "l.sqlite")
+    store.add_tasks(read_tasks(_tasks_file(tmp_path / "t.jsonl", rows)))
+    app = create_app(store, tokens)
+    return app, TestClient(app, raise_server_exceptions=False), store
+
+
+def _asgi_get(app, raw_path: bytes) -> tuple[int, dict, bytes]:
+    """GET with the path exactly as a client sent it, in the scope uvicorn builds for it (httpx, and
+    so TestClient, resolves ``..`` before sending)."""
+    import asyncio
+    from urllib.parse import unquote
+
+    path, _, query = raw_path.partition(b"?")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": unquote(path.decode("ascii")),
+        "raw_path": path,
+        "query_string": query,
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 1234),
+        "server": ("testserver", 80),
+    }
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    headers = {k.decode().lower(): v.decode() for k, v in sent[0]["headers"]}
+    return sent[0]["status"], headers, b"".join(m.get("body", b"") for m in sent[1:])
+
+
+TRAVERSALS = [
+    b"/../store.py",
+    b"/../app.py",
+    b"/..%2fstore.py",
+    b"/%2e%2e/store.py",
+    b"/%2e%2e%2f%2e%2e%2flabel%2fstore.py",
+    b"/%252e%252e/store.py",
+    b"/app.js/../../store.py",
+    b"/app.js/..%2f..%2fstore.py",
+    b"/app.css/../../label/store.py",
+    b"/static/app.js",
+    b"/static/../../etc/passwd",
+    b"/static/..%2f..%2f..%2f..%2fetc%2fpasswd",
+    b"/api/../../../../etc/passwd",
+    b"/..\\store.py",
+    b"/app.js%00.py",
+    b"//etc/passwd",
+    b"/index.html",
+    b"/./app.js",
+]
+
+
+def _no_file_leaked(body: bytes) -> bool:
+    return not any(s in body for s in (b"root:", b"class Store", b"import ", b"def ", b"use strict", b"<html"))
+
+
+def test_static_routes_serve_their_three_files_and_no_path_reaches_another(tmp_path):
+    from preftune.label.app import STATIC
+
+    app, client, _ = _app(tmp_path)
+    for route, name in (("/", "index.html"), ("/app.js", "app.js"), ("/app.css", "app.css")):
+        r = client.get(route)
+        assert r.status_code == 200 and r.text == (STATIC / name).read_text()
+    for raw in TRAVERSALS:
+        status, headers, body = _asgi_get(app, raw)
+        assert status == 404 and _no_file_leaked(body), raw
+        assert headers["content-security-policy"].startswith("default-src 'none'")
+
+
+def test_token_cannot_be_bypassed_and_nothing_is_stored_without_it(tmp_path):
+    _, client, store = _app(tmp_path, {"alice": ALICE, "bob": BOB})
+    attempts = [  # (annotator, token); None = no token at all
+        ("alice", None),
+        ("alice", ""),
+        ("alice", "wrong"),
+        ("alice", BOB),  # another annotator's token
+        ("bob", ALICE),  # a token for a different name than the one in the request
+        ("mallory", ALICE),
+        ("Alice", ALICE),  # names are exact: no case folding
+        ("ALICE", ALICE),
+        ("alice ", ALICE),
+        (" alice", ALICE),
+        ("alice", ALICE.upper()),
+        ("alice", ALICE[:-1]),
+        ("alice", ALICE + "x"),
+        ("alice", ALICE + " "),
+        ("alice", "é" * len(ALICE)),  # non-ASCII: was a 500 (hmac.compare_digest refuses non-ASCII str)
+        ("alice", "\u00e9" + ALICE[1:]),
+    ]
+    for annotator, token in attempts:
+        params = {"annotator": annotator} | ({} if token is None else {"token": token})
+        r = client.get("/api/next", params=params)
+        assert r.status_code == 403 and "prompt" not in r.text, (annotator, token)
+        body = {"annotator": annotator, "task_id": 1, "choice": 1} | ({} if token is None else {"token": token})
+        assert client.post("/api/label", json=body).status_code == 403, (annotator, token)
+    # the token is read from the request body and query only: a header does not stand in for it
+    assert client.get("/api/next", params={"annotator": "alice"}, headers={"Authorization": f"Bearer {ALICE}"}).status_code == 403
+    assert (
+        client.post(
+            "/api/label", json={"annotator": "alice", "task_id": 1, "choice": 1}, headers={"Authorization": f"Bearer {ALICE}"}
+        ).status_code
+        == 403
+    )
+    assert store.labels() == []
+    # the right token for the right name works
+    assert client.get("/api/next", params={"annotator": "alice", "token": ALICE}).json()["done"] is False
+    assert client.post("/api/label", json={"annotator": "alice", "token": ALICE, "task_id": 1, "choice": 1}).json() == {
+        "ok": True,
+        "new": True,
+    }
+    assert client.post("/api/label", json={"annotator": "bob", "token": BOB, "task_id": 1, "choice": 8}).json() == {"ok": True, "new": True}
+    assert sorted((lab["annotator"], lab["choice"]) for lab in store.labels()) == [("alice", 1), ("bob", 8)]
+
+
+def test_malformed_answers_get_4xx_never_500_and_store_nothing(tmp_path):
+    _, client, store = _app(tmp_path, {"alice": ALICE})
+    ok = {"annotator": "alice", "token": ALICE, "task_id": 1, "choice": 1}
+    as_json = [
+        *({**ok, "choice": c} for c in (0, 9, -1, 1.5, 1.0, "3", True, [1], {})),
+        *({**ok, "task_id": t} for t in (0, -1, 999, 2**63, 2**70, 10**100, "1", 1.0, True, None, 1e400)),
+        *({**ok, "annotator": a} for a in ("", "x" * 65, 5, None, ["alice"])),
+        *({**ok, "comment": c} for c in ("x" * 4001, 5, None, {"a": 1})),
+        *({**ok, "token": t} for t in (123, None, [ALICE], "x" * 129)),
+        {**ok, "extra": 1},
+        {**ok, "coment": "a typo would have dropped the comment"},
+        {k: v for k, v in ok.items() if k != "task_id"},
+        {k: v for k, v in ok.items() if k != "annotator"},
+    ]
+    raw = [
+        b"{bad",
+        b"",
+        b"null",
+        b"[]",
+        b'"alice"',
+        b"1",
+        b"{}",
+        b"[" * 10_000,  # nesting deep enough to overflow the JSON decoder's recursion
+        json.dumps(ok).encode()[:-1],  # truncated
+        json.dumps(ok).encode().replace(b'"alice"', b'"\xff\xfe"', 1),  # not UTF-8
+        json.dumps(ok).replace("1}", "NaN}").encode(),
+        # JSON's lone surrogates: valid JSON, not valid Unicode; the 422 that echoed them was a 500
+        json.dumps({**ok, "comment": "X"}).replace('"X"', '"\\ud800"').encode(),
+        json.dumps({**ok, "annotator": "X"}).replace('"X"', '"\\udfff"').encode(),
+        json.dumps({**ok, "token": "X"}).replace('"X"', '"\\ud800"').encode(),
+        json.dumps({**ok, "X": 1}).replace('"X"', '"\\ud800"').encode(),
+    ]
+    cases = [(json.dumps(body).encode(), "application/json") for body in as_json] + [(body, "application/json") for body in raw]
+    form = b"annotator=alice&token=" + ALICE.encode() + b"&task_id=1&choice=1"
+    cases += [(json.dumps(ok).encode(), "text/plain"), (form, "application/x-www-form-urlencoded"), (json.dumps(ok).encode(), None)]
+    for content, ctype in cases:
+        r = client.post("/api/label", content=content, headers={"Content-Type": ctype} if ctype else {})
+        assert 400 <= r.status_code < 500 and isinstance(r.json(), dict), (content[:80], ctype, r.status_code)
+        assert ALICE not in r.text  # a refusal says where and why, never echoes the input back
+    assert store.labels() == []
+    assert client.post("/api/label", json=ok).status_code == 200  # and the store still works
+
+
+def test_oversized_and_chunked_bodies_are_refused_before_they_are_read(tmp_path):
+    from preftune.label.app import MAX_BODY
+
+    _, client, store = _app(tmp_path)
+    small = json.dumps({"annotator": "alice", "task_id": 1, "choice": 1}).encode()
+    padded = small[:-1] + b" " * (MAX_BODY + 1) + b"}"  # valid JSON, over the cap
+
+    def chunks():
+        yield padded
+
+    assert client.post("/api/label", content=padded, headers={"Content-Type": "application/json"}).status_code == 413
+    assert (
+        client.post("/api/label", content=small, headers={"Content-Type": "application/json", "Content-Length": str(10**12)}).status_code
+        == 413
+    )
+    # chunked: no length to check up front -> 411, whatever Content-Length says alongside it
+    assert client.post("/api/label", content=chunks(), headers={"Content-Type": "application/json"}).status_code == 411
+    for length in ("10", "", None):
+        headers = {"Content-Type": "application/json", "Transfer-Encoding": "chunked"} | (
+            {} if length is None else {"Content-Length": length}
+        )
+        assert client.post("/api/label", content=padded, headers=headers).status_code == 411, length
+    assert client.request("GET", "/api/next?annotator=alice", content=chunks()).status_code == 411
+    for bad in ("abc", "-1", "0x10", "1e3", "²".encode("latin-1")):  # was a 500 (int() on the header)
+        r = client.post("/api/label", content=small, headers={"Content-Type": "application/json", "Content-Length": bad})
+        assert r.status_code == 400, bad
+    assert store.labels() == []
+    r = client.post("/api/label", content=small, headers={"Content-Type": "application/json"})
+    assert r.status_code == 200 and "script-src 'self'" in r.headers["content-security-policy"]
+
+
+def _raw_http(base: str, request: bytes) -> int:
+    """Send bytes as they are; the status of the first response."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(request)
+        head = b""
+        while b"\r\n" not in head:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    return int(head.split(b" ", 2)[1])
+
+
+@pytest.mark.slow
+def test_live_server_refuses_chunked_bodies_that_lie_about_their_length_and_serves_no_other_file(tmp_path):
+    """Over real HTTP (uvicorn): ``Transfer-Encoding: chunked`` beside ``Content-Length: 10`` made the
+    server read a chunked body of any size while the cap checked the 10; it was stored with a 200."""
+    from preftune.label.app import MAX_BODY
+
+    db = tmp_path / "l.sqlite"
+    proc, base = _serve(tmp_path, db, _tasks_file(tmp_path / "t.jsonl"))
+    try:
+        body = json.dumps({"annotator": "alice", "task_id": 1, "choice": 1, "comment": "bypass"}).encode()
+        body = body[:-1] + b" " * 2 * MAX_BODY + b"}"
+        chunked = (
+            b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + 4096]), body[i : i + 4096]) for i in range(0, len(body), 4096)) + b"0\r\n\r\n"
+        )
+        head = b"POST /api/label HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        assert _raw_http(base, head + b"Transfer-Encoding: chunked\r\nContent-Length: 10\r\n\r\n" + chunked) == 411
+        assert _raw_http(base, head + b"Transfer-Encoding: chunked\r\n\r\n" + chunked) == 411
+        assert _raw_http(base, head + b"Content-Length: %d\r\n\r\n" % len(body) + body) == 413
+        assert _raw_http(base, head + b"Content-Length: 40\r\n\r\n" + body) == 422  # the server reads 40 bytes, no more
+        for raw in (b"/app.js/../../store.py", b"/%2e%2e/%2e%2e/label/store.py", b"/static/../../../../etc/passwd"):
+            with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), timeout=10) as s:
+                s.sendall(b"GET " + raw + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                response = b""
+                while chunk := s.recv(65536):
+                    response += chunk
+            assert response.startswith(b"HTTP/1.1 404") and _no_file_leaked(response.split(b"\r\n\r\n", 1)[1]), raw
+        assert Store(db).labels() == []
+        assert _post(base, {"annotator": "alice", "task_id": 1, "choice": 1}) == {"ok": True, "new": True}
+    finally:
+        proc.kill()
+
+
+def test_script_in_comments_and_completions_is_data_shown_as_text_and_exported_verbatim(tmp_path):
+    from preftune.label.app import STATIC
+
+    comment = f'{PAYLOAD}</textarea><img src=x onerror=alert(2)> "q" \\ &amp; ünï\nline 2'
+    rows = [{"prompt": f"Human: {PAYLOAD}\n\nAssistant:", "a": PAYLOAD, "b": " fine."}]
+    _, client, _ = _app(tmp_path, rows=rows)
+    page = client.get("/")
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "default-src 'none'" in csp
+    assert page.headers["x-content-type-options"] == "nosniff"
+    # the page has no inline script for the CSP to block, and its script never parses text as HTML
+    assert "<script src=" in page.text and "<script>" not in page.text
+    js = (STATIC / "app.js").read_text()
+    assert not any(sink in js for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("))
+    task = client.get("/api/next", params={"annotator": "alice"})
+    assert task.headers["content-type"] == "application/json" and "script-src 'self'" in task.headers["content-security-policy"]
+    assert {task.json()["a"], task.json()["b"]} == {PAYLOAD, " fine."} and PAYLOAD in task.json()["prompt"]
+    assert client.post("/api/label", json={"annotator": "alice", "task_id": 1, "choice": 1, "comment": comment}).status_code == 200
+
+    # exported rows are data for training: the text as it was typed, in JSON strings, neither
+    # HTML-escaped nor stripped (whatever shows them as HTML must escape them then)
+    out = tmp_path / "prefs.jsonl"
+    assert main(["label", "export", "--db", str(tmp_path / "l.sqlite"), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert PAYLOAD in text and "&lt;" not in text
+    (row,) = [json.loads(line) for line in text.splitlines()]
+    assert row["comment"] == comment
+    assert {row["chosen"], row["rejected"]} == {PAYLOAD, " fine."} and row["prompt"] == rows[0]["prompt"]

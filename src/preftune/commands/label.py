@@ -41,6 +41,9 @@ def serve(cfg: LabelServeConfig) -> None:
 
 
 def export(cfg: LabelExportConfig) -> int:
+    """Answered labels as comparison rows (skipped tasks left out). Rows are data: prompts,
+    completions and comments go out verbatim as JSON strings, a ``<script>`` neither escaped nor
+    stripped, so training sees the text as it was; whatever shows them as HTML must escape them."""
     if not Path(cfg.db).exists():
         raise FileNotFoundError(f"{cfg.db}: no such database")
     labels = Store(cfg.db).labels()
