@@ -1,8 +1,13 @@
 """The demo end to end (quick scale) and its report: every section, every number, every figure."""
 
 import json
+import os
+import random
 import re
 import shutil
+import signal
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -237,12 +242,23 @@ def _comparable(value, out: Path):
 
 
 @pytest.mark.slow
-def test_the_same_seed_gives_the_same_results_in_a_fresh_directory(quick_demo, tmp_path):
-    """Determinism, pinned: a second quick demo from nothing (same seed, machine and threads) writes
-    the same results.json as the first, every number to the last bit, apart from times and paths."""
+def test_a_killed_quick_demo_resumes_to_the_same_results_in_a_fresh_directory(quick_demo, tmp_path):
+    """Determinism and fault tolerance, pinned together: a second quick demo from nothing (same seed,
+    machine and threads), SIGKILLed with its workers between two stages and then inside one and run
+    again each time, writes the same results.json as the first, every number to the last bit, apart
+    from times and paths."""
     out, _ = quick_demo
     again = tmp_path / "again"
-    demo(DemoConfig(out=str(again), quick=True))
+    argv = [sys.executable, "-m", "preftune", "demo", "--quick", "--out", str(again)]
+    kills = [f"stage:{random.Random(15).randint(1, 2)}", f"step@{random.Random(16).randint(2, 6)}"]
+    for kill in kills:
+        env = {**os.environ, "PREFTUNE_KILL_AT": kill, "PREFTUNE_KILL_GROUP": "1"}
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, start_new_session=True, timeout=600)
+        assert proc.returncode == -signal.SIGKILL, (kill, proc.stderr[-2000:])
+        assert not (again / "results.json").exists()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "pretrain: reusing" in done.stdout  # a finished stage is kept; the killed one ran again
     first = _comparable(json.loads((out / "results.json").read_text()), out)
     second = _comparable(json.loads((again / "results.json").read_text()), again)
     assert first["policies"]["dpo"]["gold_per_prompt"] == second["policies"]["dpo"]["gold_per_prompt"]

@@ -21,6 +21,7 @@ from typing import Any
 # in preftune.methods.algorithms.ALGORITHMS and preftune.methods.dpo.LOSSES (a test keeps them equal).
 RL_ALGORITHMS = ("raft", "reinforce", "rloo", "grpo", "ppo")
 PREFERENCE_LOSSES = ("dpo", "cdpo", "ipo", "hinge", "soft", "simpo", "unlikelihood")
+REPORT_TO = ("none", "tensorboard")  # --train.report-to: run trackers beside metrics.jsonl (preftune.loop.Tracker)
 
 
 def doc(default: Any, help: str, **kw) -> Any:
@@ -53,6 +54,7 @@ class TrainConfig:
     eval_every: int = doc(0, "evaluate every N steps (0 = only at the end)")
     save_every: int = doc(50, "write a resumable checkpoint every N steps (0 = only at the end)")
     log_every: int = doc(10, "write a metrics.jsonl row every N steps")
+    report_to: str = doc("none", "also log the metrics for TensorBoard, in out/tensorboard (needs tensorboard)", choices=REPORT_TO)
     patience: int = doc(0, "early stopping: stop after N evaluations without improvement and keep the best (0 = off)")
     seed: int = doc(0, "seed for initialisation and data order")
     precision: str = doc(
@@ -350,6 +352,15 @@ class ReportConfig:
     markdown: bool = doc(False, "print the methods table and findings as Markdown (the README's results) instead of writing report.html")
 
 
+@dataclass(frozen=True)
+class PlotConfig:
+    run: str = doc(
+        "", "a training run's directory: its metrics.jsonl (x = step) and iterations.jsonl (x = iteration)", positional=True, required=True
+    )
+    out: str = doc("", "PNG file to write (default: RUN/curves.png)")
+    metrics: str = doc("", "comma-separated metrics to draw, e.g. loss/train,iteration/gold (default: every numeric one)")
+
+
 # ------------------------------------------------------------------------------ human labels
 
 
@@ -382,9 +393,9 @@ def to_dict(cfg: Any) -> dict:
 
 
 def save_config(cfg: Any, path: str | Path, **extra: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**to_dict(cfg), **extra}, indent=2, sort_keys=True) + "\n")
+    from .data import write_atomic
+
+    write_atomic(path, json.dumps({**to_dict(cfg), **extra}, indent=2, sort_keys=True) + "\n")
 
 
 def override(cfg: Any, values: dict, where: str = "config") -> Any:

@@ -19,12 +19,15 @@ Tokenisation and truncation policy (the one place it is decided)
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from . import faults
 
 ASSISTANT_MARK = "\n\nAssistant:"
 
@@ -386,15 +389,23 @@ def _nonempty(rows: list, path) -> None:
         raise DataError(path, 1, "the file holds no rows")
 
 
-def write_jsonl(path: str | Path, rows: Sequence[dict]) -> None:
-    """Write rows atomically (a temp file renamed into place), so a crash never leaves half a file."""
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a temp file, made durable, renamed into place, so a
+    crash (``kill -9`` included) leaves the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    faults.point("write")
     tmp.replace(path)
+
+
+def write_jsonl(path: str | Path, rows: Sequence[dict]) -> None:
+    """Write rows as JSONL atomically (:func:`write_atomic`)."""
+    write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 # ------------------------------------------------------------------------ tokenise and collate

@@ -2,16 +2,17 @@
 
 What lives here and nowhere else: AdamW with decoupled weight decay, linear warm-up then
 cosine/linear decay, gradient accumulation normalised over the whole accumulated batch,
-gradient clipping, periodic evaluation, ``metrics.jsonl``, the progress bar, and checkpoints
-that are either complete or absent (written to a temporary directory, then renamed), so a run
-killed at any moment — ``kill -9`` included — resumes from its last checkpoint and ends with the
-same parameters as a run that was never interrupted.
+gradient clipping, periodic evaluation, ``metrics.jsonl`` (and TensorBoard's copy: :class:`Tracker`),
+the progress bar, and checkpoints that are either complete or absent (written to a temporary
+directory, then renamed), so a run killed at any moment — ``kill -9`` included — resumes from its
+last checkpoint and ends with the same parameters as a run that was never interrupted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import math
 import os
@@ -28,8 +29,9 @@ from typing import Any, Protocol
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import distributed
+from . import distributed, faults
 from .config import TrainConfig
+from .data import write_atomic
 
 
 @dataclass
@@ -189,6 +191,8 @@ def _write_checkpoint(root: Path, final: Path, weights, best, optimizer_state, r
     for f in tmp.iterdir():  # make the files durable before the rename publishes them
         with f.open("rb") as fh:
             os.fsync(fh.fileno())
+    faults.point("checkpoint", state["step"])
+    (tmp / MANIFEST).write_text(json.dumps({f.name: _file_digest(f) for f in sorted(tmp.iterdir())}))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in sorted(root.glob("step-*"))[:-keep]:
@@ -196,9 +200,53 @@ def _write_checkpoint(root: Path, final: Path, weights, best, optimizer_state, r
     return final
 
 
+MANIFEST = "manifest.json"  # each file's size and SHA-256, written last
+
+
+def _file_digest(path: Path) -> dict:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why ``ckpt`` cannot be resumed from (a file missing, cut short or changed since it was
+    written), or None if it is whole."""
+    manifest = ckpt / MANIFEST
+    if not manifest.exists():
+        return f"no {MANIFEST}"
+    try:
+        files = json.loads(manifest.read_text())
+    except json.JSONDecodeError:
+        return f"{MANIFEST} is not valid JSON"
+    for name, want in files.items():
+        f = ckpt / name
+        if not f.exists():
+            return f"{name} is missing"
+        if f.stat().st_size != want["bytes"]:
+            return f"{name} has {f.stat().st_size} bytes, {want['bytes']} were written"
+        if _file_digest(f)["sha256"] != want["sha256"]:
+            return f"{name} has changed since it was written (SHA-256 differs)"
+    return None
+
+
 def latest_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted((out / CKPT_DIR).glob("step-*")) if (out / CKPT_DIR).exists() else []
-    return ckpts[-1] if ckpts else None
+    """The newest whole checkpoint in ``out``. A newer one that is damaged (a truncated or corrupted
+    file) is renamed ``damaged-step-N`` with a message, and the one before it is used."""
+    root = out / CKPT_DIR
+    for ckpt in sorted(root.glob("step-*"), reverse=True) if root.exists() else []:
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return ckpt
+        if distributed.is_main():
+            damaged = ckpt.with_name(f"damaged-{ckpt.name}")
+            shutil.rmtree(damaged, ignore_errors=True)
+            ckpt.rename(damaged)
+            print(f"warning: checkpoint {ckpt} is damaged ({problem}); moved to {damaged.name}, falling back to the one before it")
+        distributed.barrier()
+    return None
 
 
 def checkpoint_state(out: str | Path) -> dict | None:
@@ -239,20 +287,71 @@ def load_checkpoint(path: Path, model, optimizer) -> tuple[dict, dict | None]:
 # ---------------------------------------------------------------------------------- the loop
 
 
+def _step_of(line: str) -> float:
+    """A metrics row's step; a line a kill cut in half is past every checkpoint (dropped)."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return math.inf
+
+
 class MetricsLog:
     """``metrics.jsonl``: one JSON object per logged step; on resume, rows past the checkpoint go."""
 
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
         if resume_step is not None and path.exists():
-            rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            path.write_text("".join(r + "\n" for r in rows))
+            rows = [line for line in path.read_text().splitlines() if line.strip() and _step_of(line) <= resume_step]
+            write_atomic(path, "".join(r + "\n" for r in rows))
         elif path.exists():
             path.unlink()
 
     def write(self, row: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def check_report_to(report_to: str) -> None:
+    """Fail before any training when ``--train.report-to`` names a tracker whose package is missing."""
+    if report_to == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ValueError("--train.report-to tensorboard needs the tensorboard package: pip install tensorboard") from None
+
+
+class Tracker:
+    """``--train.report-to tensorboard``: each row's numbers as scalars (tag = name with ``prefix``,
+    at ``step``) in ``logdir``, beside metrics.jsonl; with ``none``, and off the main process, nothing.
+
+    A fresh run (``resume_from`` None) removes the directory's old event files; a resumed one hides
+    every earlier event at step ``resume_from`` or later (SummaryWriter's ``purge_step``, which
+    TensorBoard applies to every tag of the directory), so no step is shown twice.
+    """
+
+    def __init__(self, logdir: Path, report_to: str, resume_from: int | None = None):
+        check_report_to(report_to)
+        self.writer = None
+        if report_to == "tensorboard" and distributed.is_main():
+            from torch.utils.tensorboard import SummaryWriter
+
+            if resume_from is None:
+                for old in logdir.glob("events.out.tfevents.*"):
+                    old.unlink()
+            self.writer = SummaryWriter(str(logdir), purge_step=resume_from)
+
+    def log(self, row: dict, step: int, prefix: str = "") -> None:
+        if self.writer is None:
+            return
+        for name, value in row.items():
+            if isinstance(value, int | float) and not isinstance(value, bool) and name not in ("step", "iteration"):
+                self.writer.add_scalar(prefix + name, value, step)
+        self.writer.flush()  # as current as metrics.jsonl: a killed run loses no logged step
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dict:
@@ -293,6 +392,7 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
     elif ckpt is not None:
         raise FileExistsError(f"{out} holds checkpoints of an earlier run; pass --resume to continue it or choose another --out")
     log = MetricsLog(out / "metrics.jsonl", state["step"] if cfg.resume else None) if main else None
+    tracker = Tracker(out / "tensorboard", cfg.report_to, state["step"] + 1 if cfg.resume else None)
     # Each process runs its shard of every micro-batch; DDP and FSDP average the gradients over
     # processes, and the normalisation below turns that into the global sum / count.
     trained = torch.nn.parallel.DistributedDataParallel(module) if world > 1 and not fsdp else module
@@ -368,17 +468,20 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
                 }
                 if log is not None:
                     log.write(last)
+                tracker.log(last, state["step"])
             if cfg.save_every and state["step"] % cfg.save_every == 0 or done:
                 save_checkpoint(out, module, optimizer, state, best)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss/train']:.4f}", refresh=False)  # refreshing here would defeat mininterval
+            faults.point("step", state["step"])
             if on_step is not None:
                 on_step(state["step"])
             if done or state.get("stopped_early"):
                 break
     if bar is not None:
         bar.close()
+    tracker.close()
     if cfg.patience and best is not None:
         _load_params(module, best, out)
         last = {**last, f"best/eval/{monitor}": state["best"]}

@@ -26,7 +26,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from . import distributed
+from . import distributed, faults
 from .logprobs import packing_for, run_model
 
 # Loading a local tiny model needs no progress bar, and a reward model's fresh head is expected.
@@ -168,6 +168,7 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path:
         model.save_pretrained(str(tmp / "adapter"))
         model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(str(tmp))
+    faults.point("save")
     tokenizer.save_pretrained(str(tmp))
     (path / "config.json").unlink(missing_ok=True)
     for item in sorted(tmp.iterdir(), key=lambda f: f.name == "config.json"):

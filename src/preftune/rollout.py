@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from . import distributed
+from . import distributed, faults
 from .config import SamplingConfig
 from .data import Encoded, collate, encode
 from .logprobs import gather_token_logps, model_device, position_ids
@@ -78,6 +78,7 @@ def sample(
         enc = [encode(tokenizer, p, "", max_prompt_length + 1, max_prompt_length, add_eos=False) for p in chunk]
         batch = collate(enc, tokenizer.pad_token_id, padding_side="left").to(device)
         out.extend(_sample_batch(model, tokenizer, chunk, [e.input_ids for e in enc], batch.input_ids, batch.attention_mask, cfg, gen, eos))
+        faults.point("generate")
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:

@@ -13,6 +13,7 @@ module                 commands                                    config classe
 ``label``              label serve | export | stats                LabelServeConfig, ...
 ``experiment``         demo, experiment, report                    DemoConfig, ExperimentConfig, ReportConfig
 ``memory``             memory                                      MemoryConfig
+``plot``               plot                                        PlotConfig
 =====================  ==========================================  ===========================
 
 Shared helpers are in :mod:`.common`; command modules do not import each other.
@@ -40,6 +41,7 @@ COMMANDS: dict[str, tuple[str, type, str]] = {
     "experiment": ("run experiments from a file (configs/*.yaml)", c.ExperimentConfig, "experiment:experiment"),
     "memory": ("estimate each trainer's memory per process for a model's config", c.MemoryConfig, "memory:memory"),
     "report": ("re-render report.html and its figures from a run's results.json", c.ReportConfig, "experiment:report"),
+    "plot": ("draw a training run's curves (metrics.jsonl, iterations.jsonl) into a PNG", c.PlotConfig, "plot:plot"),
 }
 LABEL_COMMANDS: dict[str, tuple[str, type, str]] = {
     "serve": ("the labelling web page (8-point A/B scale)", c.LabelServeConfig, "label:serve"),

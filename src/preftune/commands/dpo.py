@@ -15,7 +15,7 @@ from ..data import Comparison, Ranking, encode
 from ..loop import train
 from ..methods.dpo import DirectPreference, Pair, PairData, Unlikelihood, preference_loss, reference_logps
 from ..models import add_lora, load_policy, save_model
-from .common import comparisons, global_batch_size, prepare, record_config
+from .common import comparisons, global_batch_size, one_run_per_directory, prepare, record_config
 
 
 def to_pairs(records, tokenizer, tokens: TokenConfig) -> list[Pair]:
@@ -75,12 +75,13 @@ def cached_reference(model, pairs: list[Pair], pad_id: int, cfg: DPOConfig, leng
     return done
 
 
+@one_run_per_directory
 def dpo(cfg: DPOConfig) -> Path:
     prepare(cfg)
     out = Path(cfg.train.out)
     model, tokenizer = load_policy(cfg.model)
-    record_config(cfg, "dpo")
     records, held_records = comparisons(cfg.data, cfg.eval_data, 0.05, cfg.train.seed, tokenizer)
+    record_config(cfg, "dpo")  # after the data is read: a bad file leaves the directory as it was
     train_pairs, held_pairs = to_pairs(records, tokenizer, cfg.tokens), to_pairs(held_records, tokenizer, cfg.tokens)
     pad, leash = tokenizer.pad_token_id, "no reference"
     if cfg.loss == "unlikelihood":  # the baseline: no function of Δ, no reference

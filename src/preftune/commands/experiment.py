@@ -10,7 +10,7 @@ from .. import distributed
 from ..config import DemoConfig, ExperimentConfig, ReportConfig, to_dict
 from ..experiments import DEMO_FILE, load_spec, run
 from ..report import markdown, render, results_path, summary_table
-from .common import prepare
+from .common import hold_directory, prepare
 
 
 def _one_process(command: str) -> None:
@@ -30,7 +30,9 @@ def demo(cfg: DemoConfig) -> dict:
     """The demo's experiment file (``preftune/experiments/demo.yaml`` = ``configs/demo.yaml``)."""
     _one_process("demo")
     command = "preftune demo" + " --quick" * cfg.quick
-    return run(cfg.out, {**load_spec(DEMO_FILE, cfg.quick), "seed": cfg.seed}, to_dict(cfg), workers(cfg), command)
+    spec = {**load_spec(DEMO_FILE, cfg.quick), "seed": cfg.seed}
+    with hold_directory(cfg.out, "demo", "--out"):
+        return run(cfg.out, spec, to_dict(cfg), workers(cfg), command)
 
 
 def experiment(cfg: ExperimentConfig) -> dict:
@@ -38,7 +40,8 @@ def experiment(cfg: ExperimentConfig) -> dict:
     spec = load_spec(cfg.file, cfg.quick)
     command = f"preftune experiment {cfg.file}" + " --quick" * cfg.quick
     out = cfg.out or spec.get("out") or f"runs/{Path(cfg.file).stem}"
-    return run(out, spec, {"file": str(cfg.file), **spec}, workers(cfg), command)
+    with hold_directory(out, "experiment", "--out"):
+        return run(out, spec, {"file": str(cfg.file), **spec}, workers(cfg), command)
 
 
 def report(cfg: ReportConfig) -> Path | None:

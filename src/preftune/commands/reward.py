@@ -9,21 +9,22 @@ import torch
 
 from .. import distributed
 from ..config import RewardConfig, ScoreConfig
-from ..data import Comparison, Ranking, load_sft, read_rows
+from ..data import Comparison, Ranking, load_sft, read_rows, write_atomic
 from ..evaluate import evaluate_reward_model, format_reward_report
 from ..loop import train
 from ..methods.reward import RewardTraining, score_texts, to_units
 from ..models import build_reward_model, load_reward_model, save_model
-from .common import comparisons, emit_rows, global_batch_size, prepare, record_config
+from .common import comparisons, emit_rows, global_batch_size, one_run_per_directory, prepare, record_config
 
 
+@one_run_per_directory
 def reward(cfg: RewardConfig) -> dict:
     """Train a reward model, centre it on reference samples, save it, and evaluate it."""
     prepare(cfg)
     out = Path(cfg.train.out)
     rm, tokenizer = build_reward_model(cfg.model, seed=cfg.train.seed, pool=cfg.pool)
-    record_config(cfg, "reward")
     records, held_records = comparisons(cfg.data, cfg.eval_data, 0.1, cfg.train.seed, tokenizer)
+    record_config(cfg, "reward")  # after the data is read: a bad file leaves the directory as it was
 
     def units(rs):
         return to_units(rs, tokenizer, cfg.tokens.max_length, cfg.tokens.max_prompt_length, cfg.use_strength)
@@ -52,7 +53,7 @@ def reward(cfg: RewardConfig) -> dict:
         with torch.no_grad():
             result = evaluate_reward_model(rm, tokenizer, held_records, cfg.tau, cfg.model, cfg.eval_prompts, cfg.tokens)
         print(format_reward_report(result))
-    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_atomic(out / "eval.json", json.dumps(result, indent=2) + "\n")
     return result
 
 

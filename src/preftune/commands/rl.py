@@ -12,16 +12,17 @@ import torch
 
 from .. import distributed, losses
 from ..config import BestOfNConfig, RLConfig
-from ..data import encode_text, load_prompts, load_texts, write_jsonl
+from ..data import encode_text, load_prompts, load_texts, write_atomic, write_jsonl
 from ..evaluate import evaluate_samples
 from ..loop import checkpoint_state, steps_per_epoch, train
 from ..methods.algorithms import build_algorithm
 from ..methods.rl import RLHF, Scorer, gold_or_none
 from ..models import load_policy, save_model
 from ..rollout import sample_shared
-from .common import prepare, prompts_from, record_config
+from .common import one_run_per_directory, prepare, prompts_from, record_config
 
 
+@one_run_per_directory
 def rl(cfg: RLConfig) -> Path:
     """RL from pi_SFT against ``cfg.reward``; a loop epoch is one rollout iteration."""
     prepare(cfg)
@@ -40,11 +41,12 @@ def rl(cfg: RLConfig) -> Path:
     scorer = Scorer(cfg.reward, frozen)
     algorithm = build_algorithm(cfg)
     ptx = [encode_text(tokenizer, t, cfg.tokens.max_length) for t in load_texts(cfg.ptx_data)] if cfg.ptx_data else None
-    record_config(cfg, "rl")
+    prompts = load_prompts(cfg.prompts, tokenizer)
+    record_config(cfg, "rl")  # after the data is read: a bad file leaves the directory as it was
 
     resumed = checkpoint_state(out) if cfg.train.resume else None
     start = resumed["epoch"] if resumed else 0  # rollouts from here on came from weights we no longer have
-    method = RLHF(cfg, algorithm, policy, tokenizer, reference, scorer, load_prompts(cfg.prompts, tokenizer), ptx=ptx, start=start)
+    method = RLHF(cfg, algorithm, policy, tokenizer, reference, scorer, prompts, ptx=ptx, start=start)
     per_iteration = steps_per_epoch(method, cfg.train)
     save_every = math.ceil(max(1, cfg.train.save_every) / per_iteration) * per_iteration  # checkpoints at iteration ends
     leash = f"β {cfg.beta} ({cfg.kl_estimator})" + (f", adaptive to KL {cfg.target_kl}" if cfg.target_kl else "")
@@ -59,6 +61,7 @@ def rl(cfg: RLConfig) -> Path:
         replace(cfg.train, epochs=cfg.iterations, max_steps=0, save_every=save_every),
     )
     method.final_rollout()
+    method.tracker.close()
     if distributed.is_main():
         save_model(policy, tokenizer, out)
         _summarise(method.iterations, time.perf_counter() - t0, out)
@@ -75,7 +78,7 @@ def _summarise(rows: list[dict], seconds: float, out: Path) -> None:
         "train_s": round(seconds - rollout_s, 1),
     }
     summary.update({k: rows[-1][k] for k in ("score", "gold", "kl", "length", "eos_rate") if k in rows[-1]})
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     first, last = rows[0], rows[-1]
     gold = f", gold {first['gold']:+.3f} -> {last['gold']:+.3f}" if "gold" in last else ""
     kl = "not tracked" if last["kl"] is None else f"{last['kl']:.2f}"

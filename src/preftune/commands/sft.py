@@ -10,9 +10,10 @@ from ..data import encode, encode_text, load_sft, load_texts
 from ..loop import train
 from ..methods.sft import SFT
 from ..models import add_lora, build_model, load_policy, load_tokenizer, n_params, save_model, train_tokenizer
-from .common import global_batch_size, held_out_split, prepare, record_config, report_truncation
+from .common import global_batch_size, held_out_split, one_run_per_directory, prepare, record_config, report_truncation
 
 
+@one_run_per_directory
 def pretrain(cfg: PretrainConfig) -> Path:
     """Train a tokenizer (unless given) and a tiny causal LM from scratch on a text corpus."""
     prepare(cfg)
@@ -31,6 +32,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     return out
 
 
+@one_run_per_directory
 def sft(cfg: SFTConfig) -> Path:
     """Supervised fine-tuning on demonstrations; the loss is on completion tokens only."""
     prepare(cfg)
@@ -38,13 +40,13 @@ def sft(cfg: SFTConfig) -> Path:
     model, tokenizer = load_policy(cfg.model)
     if cfg.lora:
         model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
-    record_config(cfg, "sft")
 
     def enc(rows):
         return [encode(tokenizer, r.prompt, r.completion, cfg.tokens.max_length, cfg.tokens.max_prompt_length) for r in rows]
 
     train_set = enc(load_sft(cfg.data, tokenizer))
     held = enc(load_sft(cfg.eval_data, tokenizer)) if cfg.eval_data else []
+    record_config(cfg, "sft")  # after the data is read: a bad file leaves the directory as it was
     if not held:
         train_set, held = held_out_split(train_set, seed=cfg.train.seed)
     report_truncation(train_set, "demonstrations")

@@ -33,6 +33,7 @@ import torch
 import yaml
 
 from .. import __version__
+from ..data import write_atomic
 from ..report import render, summary_table
 from .pipeline import Pipeline, check_settings
 from .runners import RUNNERS, check_levers
@@ -140,7 +141,7 @@ def run(out: str | Path, spec: dict, source: dict | None = None, workers: int = 
 
 
 def _finish(out: Path, res: dict) -> dict:
-    (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+    write_atomic(out / "results.json", json.dumps(res, indent=2) + "\n")
     print("\n" + summary_table(res))
     html = render(out)
     print(f"\nwrote {out / 'results.json'} and {html}  ({res['seconds']['total']} s)")

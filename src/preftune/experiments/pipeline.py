@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .. import faults
 from ..commands.dpo import dpo
 from ..commands.reward import reward
 from ..commands.rl import rl
@@ -41,7 +42,7 @@ from ..config import (
     override,
     to_dict,
 )
-from ..data import load_prompts, write_jsonl
+from ..data import load_prompts, write_atomic, write_jsonl
 from ..evaluate import demonstrator_samples, evaluate_samples, kl_to_reference, win_rate
 from ..losses import best_of_n_kl, pick_best
 from ..methods.rl import Scorer
@@ -99,7 +100,7 @@ def _reset_stage(name: str, cfg, inputs: list[str]):
         shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").unlink(missing_ok=True)  # not fresh until the stage finishes again
-    (out / "inputs.sha256").write_text(digest)
+    write_atomic(out / "inputs.sha256", digest)
     return replace(cfg, train=replace(cfg.train, resume=resumable))
 
 
@@ -126,7 +127,8 @@ def run_stage(name: str, stage, cfg, inputs: list[str], timings: dict) -> bool:
     if ready is None:
         return False
     timings[name] = _timed(stage, ready)
-    (Path(cfg.train.out) / "wall_seconds").write_text(str(timings[name]))
+    write_atomic(Path(cfg.train.out) / "wall_seconds", str(timings[name]))
+    faults.point("stage")
     return True
 
 
@@ -196,7 +198,7 @@ class Pipeline:
             sample_sets(
                 self.config("sample", SampleConfig(model=self.sft(), prompts=str(self.files["prompts"]), out=str(out), gen=self.gen))
             )
-            stamp.write_text(digest)
+            write_atomic(stamp, digest)
             self.timings["sample"] = round(time.perf_counter() - s, 1)
         self._samples = str(out)
         return self._samples
@@ -285,7 +287,7 @@ class Pipeline:
             return
         self._queued[name] = None
         self.timings[name] = future.result()
-        (self.out / name / "wall_seconds").write_text(str(self.timings[name]))
+        write_atomic(self.out / name / "wall_seconds", str(self.timings[name]))
 
     def close(self) -> None:
         """Stop the workers (cancelling queued runs if this is an early exit)."""
@@ -336,7 +338,7 @@ class Pipeline:
             "key": key,
         }
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(result) + "\n")
+        write_atomic(cache, json.dumps(result) + "\n")
         return result
 
     def best_of_n(self, reward_dir: str, n: int) -> dict:

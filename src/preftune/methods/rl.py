@@ -14,7 +14,8 @@ Each iteration (:meth:`RLHF.collect`) runs the stages of InstructGPT's step 3:
 
 Each rollout (tensors, statistics, β and baseline) is saved to ``out/rollouts/iter-NNNNN.pt``
 before it is trained on, so a killed run resumes from its checkpoint on exactly the same data.
-Per-iteration statistics go to ``out/iterations.jsonl`` (:attr:`RLHF.iterations`).
+Per-iteration statistics go to ``out/iterations.jsonl`` (:attr:`RLHF.iterations`), and with
+``--train.report-to tensorboard`` to ``out/tensorboard/iterations``.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from pathlib import Path
 
 import torch
 
-from .. import distributed, losses
+from .. import distributed, faults, losses
 from ..config import RLConfig
 from ..data import Batch, Encoded, collate, write_jsonl
 from ..evaluate import mean_ci
 from ..logprobs import completion_logps, model_device
-from ..loop import StepLoss
+from ..loop import StepLoss, Tracker
 from ..models import load_reward_model
 from ..rollout import Rollout, Sample, sample
 from ..world import lists
@@ -102,6 +103,9 @@ class RLHF:
         self._trained_since: float | None = None
         self.start = start
         self._forget_from(start)
+        # --train.report-to: iteration rows as iteration/NAME at step = iteration, in a directory of
+        # their own (TensorBoard's purge on resume is by step, and these steps are not the loop's)
+        self.tracker = Tracker(self.out / "tensorboard" / "iterations", cfg.train.report_to, start if cfg.train.resume else None)
 
     def _forget_from(self, start: int) -> None:
         if distributed.is_main():
@@ -221,6 +225,7 @@ class RLHF:
             tmp = self._file(iteration).with_suffix(".tmp")
             torch.save(blob, tmp)
             tmp.replace(self._file(iteration))
+            faults.point("rollout", iteration)
         return blob
 
     def _rollout(self, iteration: int) -> Rollout:
@@ -228,12 +233,16 @@ class RLHF:
         now = time.perf_counter()
         if self._trained_since is not None and iteration - 1 in self._rows:
             self._rows[iteration - 1]["train_s"] = round(now - self._trained_since, 3)
+            if iteration - 1 >= self.start:
+                self.tracker.log({"train_s": self._rows[iteration - 1]["train_s"]}, iteration - 1, "iteration/")
         # Collected before a resume: from its file; otherwise now, by every process together.
         blob = torch.load(self._file(iteration), weights_only=False) if iteration < self.start else self.collect(iteration)
         self._rows[iteration] = dict(blob["stats"])
         self._carry = (iteration, blob["carry"])
         if distributed.is_main():
             write_jsonl(self.out / "iterations.jsonl", self.iterations)
+        if iteration >= self.start:  # rows before it are in the event files already
+            self.tracker.log(self._rows[iteration], iteration, "iteration/")
         self._trained_since = time.perf_counter()
         return Rollout(**blob["targets"])
 
