@@ -38,7 +38,7 @@ GOOD_PAIR = {"prompt": "Human: hi\n\nAssistant:", "chosen": " hello.", "rejected
         (load_sft, {"messages": [{"role": "user", "content": "hi"}]}, "last message must be the assistant's"),
         (load_sft, {"messages": [{"role": "robot", "content": "hi"}]}, "unknown role 'robot'"),
         (load_comparisons, {"prompt": "p", "chosen": "a"}, "missing field 'rejected'"),
-        (load_comparisons, {"chosen": "Human: hi", "rejected": "Human: hi"}, "no '\\n\\nAssistant:' turn"),
+        (load_comparisons, {"chosen": "Sure.", "rejected": "No."}, "must begin with the same prompt"),
         (
             load_comparisons,
             {"chosen": "\n\nHuman: a\n\nAssistant: x", "rejected": "\n\nHuman: b\n\nAssistant: y"},

@@ -43,6 +43,9 @@ def test_trl_preference_formats_read_alike_and_follow_the_chat_template(tmp_path
         Dataset.from_list([row]).save_to_disk(str(tmp_path / f"ds{i}"))
         assert load_comparisons(tmp_path / f"ds{i}") == [want], row
     assert load_comparisons(_jsonl(tmp_path / "t.jsonl", [transcript]))[0].chosen == " apple, pear."
+    # TRL's standard implicit prompt: the shared beginning, a space it ends on going to the completions
+    trl = {"chosen": "The sky is blue.", "rejected": "The sky is green."}
+    assert load_comparisons(_jsonl(tmp_path / "i.jsonl", [trl])) == [Comparison("The sky is", " blue.", " green.")]
     # a tokenizer's own template renders the messages: <|user|>...<|assistant|> here
     (got,) = load_comparisons(tmp_path / "ds0", chat=bos_tokenizer)
     assert got == Comparison(f"<|user|>{q}<|assistant|>", "apple, pear.", "apple, apple.")

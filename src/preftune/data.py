@@ -289,6 +289,19 @@ def _conversational_pair(row: dict, path, where, chat) -> tuple[str, str, str]:
     return c.prompt, c.completion, r.completion
 
 
+def _shared_prompt(chosen: str, rejected: str, path, where) -> tuple[str, str, str]:
+    """(prompt, chosen, rejected) of two texts without a ``prompt`` field: the prompt is their common
+    beginning, a space it ends on left to the completions (as TRL's ``extract_prompt``)."""
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    if n and n < min(len(chosen), len(rejected)) and chosen[n - 1] == " ":
+        n -= 1
+    if n == 0:
+        raise DataError(path, where, "without a 'prompt', 'chosen' and 'rejected' must begin with the same prompt")
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
 def _strength(row: dict, path, where) -> float | None:
     value = row.get("strength")
     if value is None:
@@ -300,7 +313,8 @@ def _strength(row: dict, path, where) -> float | None:
 
 def load_comparisons(path: str | Path, chat=None) -> list[Comparison | Ranking]:
     """Comparison rows: pairs (TRL's preference formats: strings or message lists, explicit or
-    implicit prompt; HH-RLHF whole transcripts) or K-way rankings (README: "Data formats").
+    implicit prompt; HH-RLHF whole transcripts, split at the last Assistant turn) or K-way rankings
+    (README: "Data formats").
 
     Refused, as rows that cannot teach anything: a pair whose chosen and rejected are the same
     (text and ended flag), a ranking that repeats a completion.
@@ -343,11 +357,13 @@ def load_comparisons(path: str | Path, chat=None) -> list[Comparison | Ranking]:
             chosen, rejected = _text(row, "chosen", path, where, allow_empty=True), _text(row, "rejected", path, where, allow_empty=True)
             if "prompt" in row:
                 prompt = _text(row, "prompt", path, where)
-            else:  # HH-RLHF: two whole transcripts sharing everything up to the last Assistant turn
+            elif ASSISTANT_MARK in chosen and ASSISTANT_MARK in rejected:  # HH-RLHF: whole transcripts, split at the last turn
                 prompt, chosen = split_transcript(chosen, path, where)
                 prompt_r, rejected = split_transcript(rejected, path, where)
                 if prompt_r != prompt:
                     raise DataError(path, where, "chosen and rejected transcripts differ before the last Assistant turn")
+            else:  # TRL's implicit prompt: what the two texts share
+                prompt, chosen, rejected = _shared_prompt(chosen, rejected, path, where)
         strength = _strength(row, path, where)
         ended = tuple(row.get(k, True) for k in ("chosen_ended", "rejected_ended"))
         if not all(isinstance(e, bool) for e in ended):

@@ -88,7 +88,14 @@ def draw(res: dict, figdir: Path) -> list[str]:
         if fig is None:
             continue
         fig.tight_layout()
-        fig.savefig(figdir / f"{name}.png", dpi=110)
+        save_png(fig, figdir / f"{name}.png", dpi=110)
         plt.close(fig)
         made.append(name)
     return made
+
+
+def save_png(fig, path: Path, dpi: int) -> None:
+    """``fig`` as a PNG at ``path``, written whole or not at all (a temp file renamed into place)."""
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    tmp.replace(path)

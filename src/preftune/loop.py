@@ -215,8 +215,8 @@ def checkpoint_problem(ckpt: Path) -> str | None:
     """Why ``ckpt`` cannot be resumed from (a file missing, cut short or changed since it was
     written), or None if it is whole."""
     manifest = ckpt / MANIFEST
-    if not manifest.exists():
-        return f"no {MANIFEST}"
+    if not manifest.exists():  # written by preftune before manifests (each checkpoint is published whole with one)
+        return None if (ckpt / "state.json").exists() else "no state.json"
     try:
         files = json.loads(manifest.read_text())
     except json.JSONDecodeError:

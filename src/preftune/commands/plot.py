@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from ..config import PlotConfig
+from ..figures import save_png
 
 
 def _rows(path: Path) -> list[dict]:
@@ -71,7 +72,7 @@ def plot(cfg: PlotConfig) -> Path:
     fig.tight_layout()
     out = Path(cfg.out) if cfg.out else Path(cfg.run) / "curves.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    save_png(fig, out, dpi=100)
     plt.close(fig)
     print(f"wrote {out}")
     return out
