@@ -12,6 +12,7 @@ not torch's import. The demo pipeline is killed between and inside stages by
 
 import json
 import multiprocessing
+import os
 import random
 import signal
 
@@ -24,7 +25,8 @@ pytestmark = pytest.mark.slow
 CTX = multiprocessing.get_context("forkserver")
 CTX.set_forkserver_preload(["preftune.cli", "preftune.commands.sft", "preftune.commands.rl", "preftune.commands.dpo"])
 KILLED = -signal.SIGKILL
-RNG = random.Random(15)  # the kill points: random, and the same every run
+# The kill points: random, and the same every run; PREFTUNE_FAULT_SEED=N draws other ones.
+RNG = random.Random(int(os.environ.get("PREFTUNE_FAULT_SEED", "15")))
 
 
 def preftune(argv, tmp, kill: str = "") -> int:
