@@ -247,3 +247,17 @@ def test_a_second_run_into_a_directory_in_use_is_refused_and_a_killed_run_leaves
     assert preftune(argv, tmp, "step@3") == KILLED  # the kernel drops a killed run's lock
     assert preftune([*argv, "--train.resume"], tmp) == 0
     same_outputs(tmp / "ref" / "sft", out, TRAINED)
+
+
+def test_the_demo_and_an_experiment_refuse_a_directory_in_use(tmp_path, capsys):
+    from preftune.cli import main
+    from preftune.commands.common import hold_directory
+
+    spec = tmp_path / "e.yaml"
+    spec.write_text("experiments:\n  methods: {}\n")
+    for argv in (["demo", "--quick", "--out", str(tmp_path / "run")], ["experiment", str(spec), "--out", str(tmp_path / "run")]):
+        with hold_directory(tmp_path / "run", "demo (another one)", "--out"):
+            assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is in use by another run (pid" in err and "choose another --out" in err, err
+        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]
