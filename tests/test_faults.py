@@ -29,10 +29,16 @@ KILLED = -signal.SIGKILL
 RNG = random.Random(int(os.environ.get("PREFTUNE_FAULT_SEED", "15")))
 
 
-def preftune(argv, tmp, kill: str = "") -> int:
+def start(argv, tmp, kill: str = ""):
+    """``preftune ARGV`` in a process forked from the preloaded server; its output in tmp/log.txt."""
     env = {"PREFTUNE_THREADS": "1", "PREFTUNE_CACHE": str(tmp / "cache"), "PREFTUNE_KILL_AT": kill}
     p = CTX.Process(target=faults.run_command, args=([str(a) for a in argv], env, str(tmp / "log.txt")))
     p.start()
+    return p
+
+
+def preftune(argv, tmp, kill: str = "") -> int:
+    p = start(argv, tmp, kill)
     p.join(300)
     return p.exitcode
 
@@ -261,3 +267,23 @@ def test_the_demo_and_an_experiment_refuse_a_directory_in_use(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "is in use by another run (pid" in err and "choose another --out" in err, err
         assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]
+
+
+def test_an_sft_run_killed_from_outside_at_any_moment_resumes_to_the_uninterrupted_weights(refs):
+    """The kill a user makes: SIGKILL from another process at a moment of its choosing (here, once the
+    third checkpoint exists, wherever the run then is), not at a point the run passes."""
+    import time
+
+    tmp, w = refs
+    argv = [*stage_argv("sft", tmp, w, tmp / "outside-full"), "--train.max-steps", 60, "--train.save-every", 5]
+    assert preftune(argv, tmp) == 0
+    killed = [a if a != tmp / "outside-full" else tmp / "outside" for a in argv]
+    p = start(killed, tmp)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp / "outside/checkpoints/step-0000015").exists():
+        time.sleep(0.01)
+    p.kill()
+    p.join()
+    assert p.exitcode == KILLED and not (tmp / "outside/config.json").exists()  # killed mid-run, not finished
+    assert preftune([*killed, "--train.resume"], tmp) == 0
+    same_outputs(tmp / "outside-full", tmp / "outside", TRAINED)

@@ -1,9 +1,4 @@
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -82,40 +77,6 @@ def test_lr_schedule_warms_up_then_decays():
     assert [round(lr_factor(s, 10, 2, "linear"), 3) for s in range(10)] == [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]
     assert lr_factor(2, 10, 2, "cosine") == 1.0 and lr_factor(9, 10, 2, "cosine") < 0.05
     assert lr_factor(5, 10, 0, "constant") == 1.0
-
-
-@pytest.mark.slow
-def test_kill_minus_9_then_resume_via_the_cli(tmp_path):
-    """A real SFT run killed with SIGKILL mid-training resumes and matches an uninterrupted run."""
-    env = {**os.environ, "PREFTUNE_THREADS": "1"}
-    cli = [sys.executable, "-m", "preftune.cli"]
-    subprocess.run([*cli, "world", "--out", str(tmp_path / "w"), "--corpus", "400", "--sft", "600"], check=True, env=env)
-    subprocess.run(
-        [*cli, "pretrain", "--data", str(tmp_path / "w/corpus.jsonl"), "--train.out", str(tmp_path / "base"), "--size", "micro",
-         "--vocab-size", "400", "--train.max-steps", "5", "--train.no-progress"],
-        check=True, env=env,
-    )  # fmt: skip
-    sft = [*cli, "sft", "--model", str(tmp_path / "base"), "--data", str(tmp_path / "w/sft.jsonl"), "--train.max-steps", "150", "--train.batch-size", "8",
-           "--train.save-every", "5", "--train.no-progress"]  # fmt: skip
-    subprocess.run([*sft, "--train.out", str(tmp_path / "full")], check=True, env=env)
-
-    proc = subprocess.Popen([*sft, "--train.out", str(tmp_path / "killed")], env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (tmp_path / "killed/checkpoints/step-0000015").exists():
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL  # killed mid-run, not finished
-    assert latest_checkpoint(tmp_path / "killed") is not None
-    assert not (tmp_path / "killed/config.json").exists()
-    subprocess.run([*sft, "--train.out", str(tmp_path / "killed"), "--train.resume"], check=True, env=env)
-
-    from safetensors.torch import load_file
-
-    a, b = load_file(str(tmp_path / "full/model.safetensors")), load_file(str(tmp_path / "killed/model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 def _trained(tmp_path, tokenizer, world_rows, name, arch="llama", **kw):

@@ -179,3 +179,58 @@ def test_plot_errors_are_one_line(sft_run, tmp_path, capsys):
     assert main(["plot", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no metrics.jsonl or iterations.jsonl" in err[0]
+
+
+def _wandb_history(out) -> list[dict]:
+    """The history rows of the offline W&B run(s) in ``out/wandb``, read from their ``.wandb`` files:
+    W&B's record log (LevelDB's: 32 KiB blocks of crc, length, type headers) of protobuf Records."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    rows = []
+    for path in sorted(out.glob("wandb/offline-run-*/run-*.wandb")):
+        data, pos, parts = path.read_bytes(), 7, b""
+        assert data[:4] == b":W&B"
+        while pos + 7 <= len(data):
+            if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+                pos += 32768 - pos % 32768
+                continue
+            _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+            parts, pos = parts + data[pos + 7 : pos + 7 + length], pos + 7 + length
+            if kind in (1, 4):  # a whole record, or the last piece of one
+                record = wandb_internal_pb2.Record()
+                record.ParseFromString(parts)
+                parts = b""
+                if record.WhichOneof("record_type") == "history":
+                    rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+    return rows
+
+
+def test_wandb_offline_run_holds_the_loops_rows_and_rls_iterations(tmp_path, tokenizer, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    save_model(build_model(tokenizer, size="micro", seed=0), tokenizer, tmp_path / "sft")
+    write_jsonl(tmp_path / "prompts.jsonl", lists.prompts(8, seed=5))
+    out = tmp_path / "rl"
+    cfg = RLConfig(
+        model=str(tmp_path / "sft"),
+        reward="gold",
+        prompts=str(tmp_path / "prompts.jsonl"),
+        iterations=2,
+        prompts_per_iter=2,
+        k=2,
+        gen=SamplingConfig(max_new_tokens=4),
+        train=TrainConfig(out=str(out), batch_size=4, progress=False, report_to="wandb"),
+    )
+    rl.rl(cfg)
+    history = _wandb_history(out)
+    metrics = _rows(out / "metrics.jsonl")
+    steps = [{k: v for k, v in h.items() if not k.startswith("_")} for h in history if "loss/train" in h]
+    assert steps == metrics  # every row, every number, once, at its step
+    rows = _rows(out / "iterations.jsonl")
+    timed = [(h["iteration/x"], h["iteration/train_s"]) for h in history if "iteration/train_s" in h]
+    assert timed == [(r["iteration"], r["train_s"]) for r in rows if "train_s" in r] and len(timed) == 2  # known after the next rollout
+    iterations = [h for h in history if "iteration/gold" in h]
+    assert [(h["iteration/x"], h["iteration/gold"]) for h in iterations] == [(r["iteration"], r["gold"]) for r in rows]
+    assert (out / "wandb" / "run_id").read_text() == next(out.glob("wandb/offline-run-*")).name.rsplit("-", 1)[-1]

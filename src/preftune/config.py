@@ -21,7 +21,7 @@ from typing import Any
 # in preftune.methods.algorithms.ALGORITHMS and preftune.methods.dpo.LOSSES (a test keeps them equal).
 RL_ALGORITHMS = ("raft", "reinforce", "rloo", "grpo", "ppo")
 PREFERENCE_LOSSES = ("dpo", "cdpo", "ipo", "hinge", "soft", "simpo", "unlikelihood")
-REPORT_TO = ("none", "tensorboard")  # --train.report-to: run trackers beside metrics.jsonl (preftune.loop.Tracker)
+REPORT_TO = ("none", "tensorboard", "wandb")  # --train.report-to: run trackers beside metrics.jsonl (preftune.loop.Tracker)
 
 
 def doc(default: Any, help: str, **kw) -> Any:
@@ -54,7 +54,9 @@ class TrainConfig:
     eval_every: int = doc(0, "evaluate every N steps (0 = only at the end)")
     save_every: int = doc(50, "write a resumable checkpoint every N steps (0 = only at the end)")
     log_every: int = doc(10, "write a metrics.jsonl row every N steps")
-    report_to: str = doc("none", "also log the metrics for TensorBoard, in out/tensorboard (needs tensorboard)", choices=REPORT_TO)
+    report_to: str = doc(
+        "none", "also log the metrics to TensorBoard (out/tensorboard) or W&B (offline unless WANDB_MODE; out/wandb)", choices=REPORT_TO
+    )
     patience: int = doc(0, "early stopping: stop after N evaluations without improvement and keep the best (0 = off)")
     seed: int = doc(0, "seed for initialisation and data order")
     precision: str = doc(

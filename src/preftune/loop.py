@@ -313,45 +313,82 @@ class MetricsLog:
 
 def check_report_to(report_to: str) -> None:
     """Fail before any training when ``--train.report-to`` names a tracker whose package is missing."""
-    if report_to == "tensorboard":
+    package = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(report_to)
+    if package is not None:
         try:
-            import tensorboard  # noqa: F401
+            __import__(package)
         except ImportError:
-            raise ValueError("--train.report-to tensorboard needs the tensorboard package: pip install tensorboard") from None
+            raise ValueError(f"--train.report-to {report_to} needs the {package} package: pip install {package}") from None
 
 
 class Tracker:
-    """``--train.report-to tensorboard``: each row's numbers as scalars (tag = name with ``prefix``,
-    at ``step``) in ``logdir``, beside metrics.jsonl; with ``none``, and off the main process, nothing.
+    """``--train.report-to``: each row's numbers, beside metrics.jsonl; with ``none``, and off the
+    main process, nothing. ``prefix`` names a second series (RL's ``iteration/``, x = the iteration).
 
-    A fresh run (``resume_from`` None) removes the directory's old event files; a resumed one hides
-    every earlier event at step ``resume_from`` or later (SummaryWriter's ``purge_step``, which
-    TensorBoard applies to every tag of the directory), so no step is shown twice.
+    * ``tensorboard``: scalars (tag = prefix + name, at ``step``) in ``out/tensorboard/SUB``. A fresh
+      run (``resume_from`` None) removes the directory's old event files; a resumed one hides every
+      earlier event at step ``resume_from`` or later (SummaryWriter's ``purge_step``, which
+      TensorBoard applies to every tag of a directory — hence a directory per series), so no step
+      is shown twice.
+    * ``wandb``: one W&B run per ``out`` (offline unless ``WANDB_MODE`` says otherwise: no account, no
+      network; ``wandb sync out/wandb/offline-run-*`` uploads it), its config the run's
+      run_config.json; the loop's metrics against ``step``, a prefixed series against its own
+      ``PREFIX/x`` (``define_metric``). A resumed run continues the same W&B run id
+      (``out/wandb/run_id``); W&B keeps what it was sent, so the rows a resume repeats (those
+      past the checkpoint) appear twice there.
     """
 
-    def __init__(self, logdir: Path, report_to: str, resume_from: int | None = None):
+    def __init__(self, out: Path, report_to: str, resume_from: int | None = None, sub: str = ""):
         check_report_to(report_to)
-        self.writer = None
-        if report_to == "tensorboard" and distributed.is_main():
+        self.writer = self.run = None
+        self.owns_run, self.series = False, set()
+        if not distributed.is_main():
+            return
+        if report_to == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
+            logdir = out / "tensorboard" / sub
             if resume_from is None:
                 for old in logdir.glob("events.out.tfevents.*"):
                     old.unlink()
             self.writer = SummaryWriter(str(logdir), purge_step=resume_from)
+        elif report_to == "wandb":
+            import wandb
+
+            self.run = wandb.run
+            if self.run is None:  # RL's iteration series and the loop share one run
+                id_file = out / "wandb" / "run_id"
+                run_id = id_file.read_text().strip() if resume_from is not None and id_file.exists() else None  # None: a new one
+                config = json.loads((out / "run_config.json").read_text()) if (out / "run_config.json").exists() else {}
+                mode = os.environ.get("WANDB_MODE", "offline")
+                self.run = wandb.init(project="preftune", name=out.name, id=run_id, resume="allow", dir=str(out), mode=mode, config=config)
+                write_atomic(id_file, self.run.id)
+                self.owns_run = True
 
     def log(self, row: dict, step: int, prefix: str = "") -> None:
-        if self.writer is None:
-            return
-        for name, value in row.items():
-            if isinstance(value, int | float) and not isinstance(value, bool) and name not in ("step", "iteration"):
-                self.writer.add_scalar(prefix + name, value, step)
-        self.writer.flush()  # as current as metrics.jsonl: a killed run loses no logged step
+        numbers = {
+            prefix + name: value
+            for name, value in row.items()
+            if isinstance(value, int | float) and not isinstance(value, bool) and name not in ("step", "iteration")
+        }
+        if self.writer is not None:
+            for name, value in numbers.items():
+                self.writer.add_scalar(name, value, step)
+            self.writer.flush()  # as current as metrics.jsonl: a killed run loses no logged step
+        if self.run is not None:  # each series against its own x (W&B's own step only counts calls)
+            x = f"{prefix}x" if prefix else "step"
+            for name in numbers.keys() - self.series:
+                self.run.define_metric(name, step_metric=x)
+                self.series.add(name)
+            self.run.log({**numbers, x: step})
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        if self.run is not None and self.owns_run:
+            self.run.finish()
+        self.run = None
 
 
 def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Callable[[int], None] | None = None) -> dict:
@@ -392,7 +429,7 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
     elif ckpt is not None:
         raise FileExistsError(f"{out} holds checkpoints of an earlier run; pass --resume to continue it or choose another --out")
     log = MetricsLog(out / "metrics.jsonl", state["step"] if cfg.resume else None) if main else None
-    tracker = Tracker(out / "tensorboard", cfg.report_to, state["step"] + 1 if cfg.resume else None)
+    tracker = Tracker(out, cfg.report_to, state["step"] + 1 if cfg.resume else None)
     # Each process runs its shard of every micro-batch; DDP and FSDP average the gradients over
     # processes, and the normalisation below turns that into the global sum / count.
     trained = torch.nn.parallel.DistributedDataParallel(module) if world > 1 and not fsdp else module

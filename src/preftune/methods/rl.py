@@ -15,7 +15,7 @@ Each iteration (:meth:`RLHF.collect`) runs the stages of InstructGPT's step 3:
 Each rollout (tensors, statistics, β and baseline) is saved to ``out/rollouts/iter-NNNNN.pt``
 before it is trained on, so a killed run resumes from its checkpoint on exactly the same data.
 Per-iteration statistics go to ``out/iterations.jsonl`` (:attr:`RLHF.iterations`), and with
-``--train.report-to tensorboard`` to ``out/tensorboard/iterations``.
+``--train.report-to`` to TensorBoard (``out/tensorboard/iterations``) or W&B (:class:`preftune.loop.Tracker`).
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class RLHF:
         self._forget_from(start)
         # --train.report-to: iteration rows as iteration/NAME at step = iteration, in a directory of
         # their own (TensorBoard's purge on resume is by step, and these steps are not the loop's)
-        self.tracker = Tracker(self.out / "tensorboard" / "iterations", cfg.train.report_to, start if cfg.train.resume else None)
+        self.tracker = Tracker(self.out, cfg.train.report_to, start if cfg.train.resume else None, sub="iterations")
 
     def _forget_from(self, start: int) -> None:
         if distributed.is_main():
