@@ -51,6 +51,11 @@ def test_reference_cache_is_keyed_on_the_weights_not_the_path(tmp_path, model, t
     again = reference_logps(model, pairs, tokenizer.pad_token_id, False, batch_size=5)
     assert [p.ref_chosen for p in again] == pytest.approx([p.ref_chosen for p in first], abs=1e-4)
     assert [p.ref_rejected for p in again] == pytest.approx([p.ref_rejected for p in first], abs=1e-4)
+    now = cached_reference(model, pairs, tokenizer.pad_token_id, DPOConfig(model="a"), False)  # these weights, cached
+    for entry in (tmp_path / "cache/reference").glob("*.pt"):  # damaged from outside: recomputed, not a crash
+        entry.write_bytes(entry.read_bytes()[:20])
+    redone = cached_reference(model, pairs, tokenizer.pad_token_id, DPOConfig(model="a"), False)
+    assert [p.ref_chosen for p in redone] == pytest.approx([p.ref_chosen for p in now], abs=1e-5)
 
 
 @pytest.mark.parametrize("name", ["dpo", "ipo", "soft", "simpo"])

@@ -60,7 +60,10 @@ def cached_reference(model, pairs: list[Pair], pad_id: int, cfg: DPOConfig, leng
     ).hexdigest()
     path = cache_dir() / "reference" / f"{key[:32]}.pt"
     if path.exists():
-        blob = torch.load(path, weights_only=True)
+        try:
+            blob = torch.load(path, weights_only=True)
+        except (RuntimeError, EOFError, OSError, ValueError):  # damaged from outside (it is written atomically): recompute
+            blob = {}
         if blob.get("key") == key:
             return [Pair(p.chosen, p.rejected, p.strength, float(c), float(r)) for p, c, r in zip(pairs, blob["chosen"], blob["rejected"])]
     done = reference_logps(model, pairs, pad_id, length_normalise)
