@@ -17,7 +17,7 @@ import torch
 from .. import __version__, distributed
 from ..config import TrainConfig, save_config, to_dict
 from ..data import Comparison, Encoded, Ranking, load_comparisons, load_prompts, write_jsonl
-from ..loop import check_report_to, latest_checkpoint
+from ..loop import CKPT_DIR, check_report_to
 
 
 def prepare(cfg: Any = None) -> None:
@@ -50,7 +50,7 @@ def record_config(cfg: Any, command: str) -> None:
     if not distributed.is_main():
         return
     path = Path(cfg.train.out) / "run_config.json"
-    if cfg.train.resume and path.exists() and latest_checkpoint(Path(cfg.train.out)) is not None:
+    if cfg.train.resume and path.exists() and any((Path(cfg.train.out) / CKPT_DIR).glob("step-*")):  # something to resume
         saved = _flat(json.loads(path.read_text()))
         now = _flat(json.loads(json.dumps({**to_dict(cfg), "command": command})))
         changed = [
