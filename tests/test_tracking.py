@@ -122,11 +122,11 @@ def test_rl_iteration_rows_go_to_tensorboard_once_across_a_resume(tmp_path):
     assert got["iteration/score"] == ("iteration", [0, 1, 2, 3], [1.0, 2.0, 12.0, 13.0])
 
 
-def test_an_rl_run_logs_its_steps_and_its_iterations(tmp_path, tokenizer):
+def _rl_run(tmp_path, tokenizer, report_to: str):
+    """A real two-iteration RL run (gold reward, a micro policy) reporting to ``report_to``; its directory."""
     save_model(build_model(tokenizer, size="micro", seed=0), tokenizer, tmp_path / "sft")
     write_jsonl(tmp_path / "prompts.jsonl", lists.prompts(8, seed=5))
     out = tmp_path / "rl"
-    train_cfg = TrainConfig(out=str(out), batch_size=4, progress=False, report_to="tensorboard")
     cfg = RLConfig(
         model=str(tmp_path / "sft"),
         reward="gold",
@@ -135,9 +135,14 @@ def test_an_rl_run_logs_its_steps_and_its_iterations(tmp_path, tokenizer):
         prompts_per_iter=2,
         k=2,
         gen=SamplingConfig(max_new_tokens=4),
-        train=train_cfg,
+        train=TrainConfig(out=str(out), batch_size=4, progress=False, report_to=report_to),
     )
     rl.rl(cfg)
+    return out
+
+
+def test_an_rl_run_logs_its_steps_and_its_iterations(tmp_path, tokenizer):
+    out = _rl_run(tmp_path, tokenizer, "tensorboard")
     _same_as_metrics(_scalars(out / "tensorboard"), _rows(out / "metrics.jsonl"))
     iterations = _rows(out / "iterations.jsonl")
     assert [r["iteration"] for r in iterations] == [0, 1, 2]
@@ -210,20 +215,7 @@ def _wandb_history(out) -> list[dict]:
 def test_wandb_offline_run_holds_the_loops_rows_and_rls_iterations(tmp_path, tokenizer, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    save_model(build_model(tokenizer, size="micro", seed=0), tokenizer, tmp_path / "sft")
-    write_jsonl(tmp_path / "prompts.jsonl", lists.prompts(8, seed=5))
-    out = tmp_path / "rl"
-    cfg = RLConfig(
-        model=str(tmp_path / "sft"),
-        reward="gold",
-        prompts=str(tmp_path / "prompts.jsonl"),
-        iterations=2,
-        prompts_per_iter=2,
-        k=2,
-        gen=SamplingConfig(max_new_tokens=4),
-        train=TrainConfig(out=str(out), batch_size=4, progress=False, report_to="wandb"),
-    )
-    rl.rl(cfg)
+    out = _rl_run(tmp_path, tokenizer, "wandb")
     history = _wandb_history(out)
     metrics = _rows(out / "metrics.jsonl")
     steps = [{k: v for k, v in h.items() if not k.startswith("_")} for h in history if "loss/train" in h]
