@@ -45,6 +45,16 @@ def model(tokenizer):
 
 
 @pytest.fixture(scope="session")
+def saved_policy(tmp_path_factory, tokenizer) -> str:
+    """A micro policy saved as the commands load one (``--model``); read, never written, by the tests."""
+    from preftune.models import save_model
+
+    path = tmp_path_factory.mktemp("policy") / "model"
+    save_model(build_model(tokenizer, size="micro", seed=0), tokenizer, path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def world_rows():
     return lists.sft_data(64, seed=1)
 

@@ -7,8 +7,7 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from preftune.cli import main
-from preftune.data import Comparison, SFTExample, load_comparisons, load_prompts, load_sft
-from preftune.models import build_model, save_model
+from preftune.data import Comparison, SFTExample, load_comparisons, load_prompts, load_sft, write_jsonl
 from preftune.world import lists
 
 
@@ -18,13 +17,6 @@ def user(text):
 
 def assistant(text):
     return {"role": "assistant", "content": text}
-
-
-@pytest.fixture(scope="module")
-def policy(tmp_path_factory, tokenizer):
-    path = tmp_path_factory.mktemp("policy") / "model"
-    save_model(build_model(tokenizer, size="micro", seed=0), tokenizer, path)
-    return str(path)
 
 
 def requests(n):
@@ -76,12 +68,12 @@ def test_trl_sft_and_prompt_formats_and_a_dataset_dict(tmp_path):
 
 
 def _jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(path, rows)
     return path
 
 
 @pytest.mark.slow
-def test_a_conversational_preference_dataset_trains_dpo_and_reward_with_no_conversion(tmp_path, policy, capsys):
+def test_a_conversational_preference_dataset_trains_dpo_and_reward_with_no_conversion(tmp_path, saved_policy, capsys):
     """TRL's conversational preference format with an implicit prompt, saved with ``datasets``."""
     asks = requests(24)
     rows = [
@@ -90,10 +82,20 @@ def test_a_conversational_preference_dataset_trains_dpo_and_reward_with_no_conve
     ]
     Dataset.from_list(rows).save_to_disk(str(tmp_path / "prefs"))
     common = ["--train.max-steps", "2", "--train.batch-size", "4", "--train.no-progress"]
-    assert main(["dpo", "--model", policy, "--data", str(tmp_path / "prefs"), "--train.out", str(tmp_path / "dpo"), *common]) == 0
+    assert main(["dpo", "--model", saved_policy, "--data", str(tmp_path / "prefs"), "--train.out", str(tmp_path / "dpo"), *common]) == 0
     assert "dpo: 23 training and 1 held-out pairs" in capsys.readouterr().out  # 24 rows, 5% held out
     assert (tmp_path / "dpo" / "config.json").exists() and (tmp_path / "dpo" / "model.safetensors").exists()
-    argv = ["reward", "--model", policy, "--data", str(tmp_path / "prefs"), "--train.out", str(tmp_path / "rm"), "--no-world-eval", *common]
+    argv = [
+        "reward",
+        "--model",
+        saved_policy,
+        "--data",
+        str(tmp_path / "prefs"),
+        "--train.out",
+        str(tmp_path / "rm"),
+        "--no-world-eval",
+        *common,
+    ]
     assert main(argv) == 0
     assert "reward: 22 training and 2 held-out comparisons" in capsys.readouterr().out  # 10% held out
     assert set(json.loads((tmp_path / "rm" / "eval.json").read_text())) == {"held_out_accuracy"}

@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from preftune.cli import main
 from preftune.data import DataError, load_comparisons, load_prompts, load_sft, load_texts, read_rows
 from preftune.label.store import read_tasks
-from preftune.models import build_model, save_model
 from preftune.world import lists
 
 PAIR = {"prompt": "Human: hi\n\nAssistant:", "chosen": " hello.", "rejected": " go away."}
@@ -26,13 +25,6 @@ RANKING = {"prompt": "Human: hi\n\nAssistant:", "completions": [" a.", " b.", " 
 SFT = {"prompt": "Human: hi\n\nAssistant:", "completion": " hello."}
 SAMPLES = {"prompt": lists.prompts(1, seed=0)[0]["prompt"], "completions": [" a.", " b."]}
 TASK = {"prompt": "Human: hi\n\nAssistant:", "a": " a.", "b": " b."}
-
-
-@pytest.fixture(scope="module")
-def policy(tmp_path_factory, tokenizer):
-    path = tmp_path_factory.mktemp("policy") / "model"
-    save_model(build_model(tokenizer, size="micro", seed=0), tokenizer, path)
-    return str(path)
 
 
 # reader: (command line with {data} and {out}, a good row)
@@ -163,7 +155,7 @@ CASES = [
 
 @pytest.mark.parametrize("reader, name, contents, where, problem", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_a_malformed_input_is_one_line_naming_file_row_and_problem_with_exit_status_2(
-    tmp_path, capsys, policy, reader, name, contents, where, problem
+    tmp_path, capsys, saved_policy, reader, name, contents, where, problem
 ):
     data, out = tmp_path / name, tmp_path / "out"
     if contents is None:
@@ -173,7 +165,7 @@ def test_a_malformed_input_is_one_line_naming_file_row_and_problem_with_exit_sta
     out.mkdir()
     (out / "keep.txt").write_text("written before")  # what is already there survives
     argv, _ = READERS[reader]
-    code = main([a.format(model=policy, data=data, out=out) for a in argv])
+    code = main([a.format(model=saved_policy, data=data, out=out) for a in argv])
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.count("\n") == 1 and "Traceback" not in err, err

@@ -213,6 +213,13 @@ def _builtin_template(messages: Sequence[dict], add_generation_prompt: bool) -> 
     return "".join(parts) + (ASSISTANT_MARK if add_generation_prompt else "")
 
 
+def _render(messages: Sequence[dict], chat, add_generation_prompt: bool) -> str:
+    """``messages`` as text: by ``chat``'s chat template when it has one (a tokenizer), else :func:`_builtin_template`."""
+    if chat is not None and getattr(chat, "chat_template", None):
+        return chat.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+    return _builtin_template(messages, add_generation_prompt)
+
+
 def render_messages(prompt: Sequence[dict], completion: Sequence[dict], chat=None, path="<messages>", where="?") -> SFTExample:
     """Prompt messages and completion messages as prompt text and completion text.
 
@@ -222,11 +229,7 @@ def render_messages(prompt: Sequence[dict], completion: Sequence[dict], chat=Non
     """
     if not prompt or not completion:
         raise DataError(path, where, "a conversation needs prompt messages and completion messages")
-    if chat is not None and getattr(chat, "chat_template", None):
-        head = chat.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
-        whole = chat.apply_chat_template([*prompt, *completion], tokenize=False)
-    else:
-        head, whole = _builtin_template(prompt, True), _builtin_template([*prompt, *completion], False)
+    head, whole = _render(prompt, chat, add_generation_prompt=True), _render([*prompt, *completion], chat, add_generation_prompt=False)
     if not whole.startswith(head):
         raise DataError(path, where, "the chat template renders the prompt differently alone and in the conversation: cannot split it")
     tail = whole[len(head) :]
@@ -272,6 +275,14 @@ def load_sft(path: str | Path, chat=None) -> list[SFTExample]:
     return out
 
 
+def _common_prefix(a: Sequence, b: Sequence) -> int:
+    """How many leading items (characters, messages) ``a`` and ``b`` share."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
 def _conversational_pair(row: dict, path, where, chat) -> tuple[str, str, str]:
     """(prompt, chosen, rejected) texts of a pair given as message lists, with the prompt explicit or
     implicit (the messages ``chosen`` and ``rejected`` share before they differ)."""
@@ -279,9 +290,7 @@ def _conversational_pair(row: dict, path, where, chat) -> tuple[str, str, str]:
     if "prompt" in row:
         prompt = _messages(row["prompt"], path, where, "prompt")
     else:
-        n = 0
-        while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
-            n += 1
+        n = _common_prefix(chosen, rejected)
         if n == 0:
             raise DataError(path, where, "without a 'prompt', 'chosen' and 'rejected' must start with the same prompt messages")
         prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
@@ -292,9 +301,7 @@ def _conversational_pair(row: dict, path, where, chat) -> tuple[str, str, str]:
 def _shared_prompt(chosen: str, rejected: str, path, where) -> tuple[str, str, str]:
     """(prompt, chosen, rejected) of two texts without a ``prompt`` field: the prompt is their common
     beginning, a space it ends on left to the completions (as TRL's ``extract_prompt``)."""
-    n = 0
-    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
-        n += 1
+    n = _common_prefix(chosen, rejected)
     if n and n < min(len(chosen), len(rejected)) and chosen[n - 1] == " ":
         n -= 1
     if n == 0:
@@ -381,12 +388,7 @@ def load_prompts(path: str | Path, chat=None) -> list[str]:
     out = []
     for where, row in read_rows(path):
         if isinstance(row.get("prompt"), list):
-            messages = _messages(row["prompt"], path, where, "prompt")
-            out.append(
-                chat.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-                if chat is not None and getattr(chat, "chat_template", None)
-                else _builtin_template(messages, True)
-            )
+            out.append(_render(_messages(row["prompt"], path, where, "prompt"), chat, add_generation_prompt=True))
         else:
             out.append(_text(row, "prompt", path, where))
     _nonempty(out, path)

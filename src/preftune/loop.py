@@ -188,11 +188,13 @@ def _write_checkpoint(root: Path, final: Path, weights, best, optimizer_state, r
     }
     torch.save(blob, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(state))
-    for f in tmp.iterdir():  # make the files durable before the rename publishes them
-        with f.open("rb") as fh:
-            os.fsync(fh.fileno())
+    # each file hashed and made durable in one read, the manifest last, all before the rename publishes them
+    manifest = {f.name: _file_digest(f, sync=True) for f in sorted(tmp.iterdir())}
     faults.point("checkpoint", state["step"])
-    (tmp / MANIFEST).write_text(json.dumps({f.name: _file_digest(f) for f in sorted(tmp.iterdir())}))
+    with (tmp / MANIFEST).open("w") as fh:
+        fh.write(json.dumps(manifest))
+        fh.flush()
+        os.fsync(fh.fileno())
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in sorted(root.glob("step-*"))[:-keep]:
@@ -203,11 +205,14 @@ def _write_checkpoint(root: Path, final: Path, weights, best, optimizer_state, r
 MANIFEST = "manifest.json"  # each file's size and SHA-256, written last
 
 
-def _file_digest(path: Path) -> dict:
+def _file_digest(path: Path, sync: bool = False) -> dict:
+    """A file's size and SHA-256; with ``sync``, also flushed to disk (``fsync``) while it is open."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 24), b""):
             h.update(chunk)
+        if sync:
+            os.fsync(f.fileno())
     return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
 
 
