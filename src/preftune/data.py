@@ -18,6 +18,7 @@ Tokenisation and truncation policy (the one place it is decided)
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -407,18 +408,27 @@ def _nonempty(rows: list, path) -> None:
         raise DataError(path, 1, "the file holds no rows")
 
 
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: a temp file, made durable, renamed into place, so a
-    crash (``kill -9`` included) leaves the old file or the new one, never half of one."""
+def write_atomic(path: str | Path, content: str | bytes) -> None:
+    """Write ``content`` (text as UTF-8) to ``path`` atomically: a temp file of this process's, made
+    durable, renamed into place, so a crash (``kill -9`` included) leaves the old file or the new
+    one, never half of one. Every file preftune writes in one go comes through here (a checkpoint
+    or a saved model is a directory, published whole by one rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
+    with tmp.open("wb") as f:
+        f.write(content.encode("utf-8") if isinstance(content, str) else content)
         f.flush()
         os.fsync(f.fileno())
     faults.point("write")
     tmp.replace(path)
+
+
+def save_atomic(obj, path: str | Path) -> None:
+    """``torch.save(obj)`` to ``path`` atomically (:func:`write_atomic`)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_atomic(path, buf.getvalue())
 
 
 def write_jsonl(path: str | Path, rows: Sequence[dict]) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+from .data import write_atomic
 from .report import HEADLINE, TITLES
 
 
@@ -95,7 +97,7 @@ def draw(res: dict, figdir: Path) -> list[str]:
 
 
 def save_png(fig, path: Path, dpi: int) -> None:
-    """``fig`` as a PNG at ``path``, written whole or not at all (a temp file renamed into place)."""
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    tmp.replace(path)
+    """``fig`` as a PNG at ``path``, written whole or not at all (:func:`preftune.data.write_atomic`)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    write_atomic(path, buf.getvalue())

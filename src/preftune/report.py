@@ -545,11 +545,10 @@ def render(run: str | Path) -> Path:
     path = results_path(run)
     run = path.parent
     res = json.loads(path.read_text())
+    from .data import write_atomic
     from .figures import draw  # matplotlib is imported only to draw
 
     figures = draw(res, run / "figures")
     out = run / "report.html"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(build(res, figures))
-    tmp.replace(out)
+    write_atomic(out, build(res, figures))
     return out

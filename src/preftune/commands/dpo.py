@@ -11,7 +11,7 @@ import torch
 
 from .. import distributed
 from ..config import DPOConfig, TokenConfig, to_dict
-from ..data import Comparison, Ranking, encode
+from ..data import Comparison, Ranking, encode, save_atomic
 from ..loop import train
 from ..methods.dpo import DirectPreference, Pair, PairData, Unlikelihood, preference_loss, reference_logps
 from ..models import add_lora, load_policy, save_model
@@ -69,12 +69,9 @@ def cached_reference(model, pairs: list[Pair], pad_id: int, cfg: DPOConfig, leng
     done = reference_logps(model, pairs, pad_id, length_normalise)
     if not distributed.is_main():  # every process computes the same; one writes
         return done
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(
-        {"key": key, "chosen": torch.tensor([p.ref_chosen for p in done]), "rejected": torch.tensor([p.ref_rejected for p in done])}, tmp
+    save_atomic(
+        {"key": key, "chosen": torch.tensor([p.ref_chosen for p in done]), "rejected": torch.tensor([p.ref_rejected for p in done])}, path
     )
-    tmp.replace(path)
     return done
 
 

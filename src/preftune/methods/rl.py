@@ -30,7 +30,7 @@ import torch
 
 from .. import distributed, faults, losses
 from ..config import RLConfig
-from ..data import Batch, Encoded, collate, write_jsonl
+from ..data import Batch, Encoded, collate, save_atomic, write_jsonl
 from ..evaluate import mean_ci
 from ..logprobs import completion_logps, model_device
 from ..loop import StepLoss, Tracker
@@ -222,9 +222,7 @@ class RLHF:
             stats["gold_ci95"] = ci if len(gold) > 1 else None
         blob = {"targets": targets.to_dict(), "stats": stats, "carry": next_carry}
         if distributed.is_main():
-            tmp = self._file(iteration).with_suffix(".tmp")
-            torch.save(blob, tmp)
-            tmp.replace(self._file(iteration))
+            save_atomic(blob, self._file(iteration))
             faults.point("rollout", iteration)
         return blob
 
