@@ -115,6 +115,22 @@ class _Spans(HTMLParser):
             self.outside.append(data)
 
 
+def test_a_results_file_from_another_version_is_one_line_naming_file_and_key(tmp_path, capsys):
+    """A results.json without a value the report reads (an older preftune's) is refused in one line,
+    for the page and for --markdown, and no report.html is left behind."""
+    res = json.loads((Path(__file__).parents[1] / "results/demo.json").read_text())
+    del res["reward_model"]["gold_pair_accuracy"]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(res))
+    for extra in ([], ["--markdown"]):
+        assert main(["report", str(path), *extra]) == 2
+        captured = capsys.readouterr()
+        err = captured.err
+        assert err.count("\n") == 1 and err.startswith(f"preftune report: error: {path}: no 'reward_model.gold_pair_accuracy'")
+        assert "another preftune version" in err and "Traceback" not in captured.out + err
+    assert not (tmp_path / "report.html").exists()
+
+
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"

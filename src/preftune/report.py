@@ -32,11 +32,18 @@ TITLES = {
 HEADLINE = tuple(TITLES)  # the methods table's rows, in order, where the results have them
 
 
+class MissingResult(ValueError):
+    """A results file without a value the report reads: one written by another preftune version."""
+
+
 def lookup(res: dict, key: str) -> Any:
     """The value at a dotted path of results.json (list items by index)."""
     value: Any = res
     for part in key.split("."):
-        value = value[int(part)] if isinstance(value, list) else value[part]
+        try:
+            value = value[int(part)] if isinstance(value, list) else value[part]
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise MissingResult(f"no {key!r} in the results (written by another preftune version? run the experiment again)") from None
     return value
 
 

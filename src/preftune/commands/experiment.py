@@ -9,7 +9,7 @@ from pathlib import Path
 from .. import distributed
 from ..config import DemoConfig, ExperimentConfig, ReportConfig, to_dict
 from ..experiments import DEMO_FILE, load_spec, run
-from ..report import markdown, render, results_path, summary_table
+from ..report import MissingResult, markdown, render, results_path, summary_table
 from .common import hold_directory, prepare
 
 
@@ -46,10 +46,13 @@ def experiment(cfg: ExperimentConfig) -> dict:
 
 def report(cfg: ReportConfig) -> Path | None:
     path = results_path(cfg.run)
-    if cfg.markdown:
-        print(markdown(json.loads(path.read_text()), cfg.run), end="")
-        return None
-    out = render(cfg.run)
+    try:
+        if cfg.markdown:
+            print(markdown(json.loads(path.read_text()), cfg.run), end="")
+            return None
+        out = render(cfg.run)
+    except MissingResult as e:
+        raise ValueError(f"{path}: {e}") from None
     print(summary_table(json.loads(path.read_text())))
     print(f"wrote {out}")
     return out
