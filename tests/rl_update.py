@@ -40,6 +40,7 @@ def main(model: str, algo: str, rollout: str, out: str, batch_size: str) -> None
     train(trained, method, cfg.train)
     if distributed.is_main():
         save_file({n: p.detach().clone() for n, p in trained.named_parameters()}, str(Path(out) / "trained.safetensors"))
+    distributed.leave()
 
 
 if __name__ == "__main__":

@@ -163,14 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"preftune {name}: error: {e}", file=sys.stderr)
         return 2
-    if distributed.world_size() > 1:
-        distributed.finish()
-        # Under torchrun, leave without the interpreter's teardown: gloo's threads can abort it
-        # ("terminate called without an active exception", about one FSDP run in ten here) after
-        # every file is written, which torchrun would report as a failed run.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    distributed.leave()
     return 0
 
 
