@@ -131,6 +131,21 @@ def test_a_results_file_from_another_version_is_one_line_naming_file_and_key(tmp
     assert not (tmp_path / "report.html").exists()
 
 
+def test_a_results_file_whose_figure_data_lacks_a_key_is_one_line_naming_the_figure(tmp_path, capsys):
+    """The figures read results.json too: a frontier point without its error bar is one line, not a KeyError."""
+    res = json.loads((Path(__file__).parents[1] / "results/demo.json").read_text())
+    del res["frontier"]["dpo"][0]["gold_ci95"]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(res))
+    assert main(["report", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"preftune report: error: {path}: the frontier figure found no 'gold_ci95' in the results "
+        "(written by another preftune version? run the experiment again)\n"
+    )
+    assert not (tmp_path / "report.html").exists()
+
+
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"

@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 from .data import write_atomic
-from .report import HEADLINE, TITLES
+from .report import HEADLINE, TITLES, MissingResult
 
 
 def _reference_lines(ax, pol: dict) -> None:
@@ -86,7 +86,13 @@ def draw(res: dict, figdir: Path) -> list[str]:
     figdir.mkdir(parents=True, exist_ok=True)
     made = []
     for name, draw in PLOTS:
-        fig = draw(plt, res)
+        try:
+            fig = draw(plt, res)
+        except KeyError as e:  # a results file without a key it reads: one line, as report.lookup
+            plt.close("all")
+            raise MissingResult(
+                f"the {name} figure found no {e.args[0]!r} in the results (written by another preftune version? run the experiment again)"
+            ) from None
         if fig is None:
             continue
         fig.tight_layout()

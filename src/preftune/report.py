@@ -532,9 +532,10 @@ def summary_table(res: dict) -> str:
     lines = [head, "-" * len(head)]
     for m in rows:
         r = pol[m]
+        gold, ci, length = (lookup(res, f"policies.{m}.{key}") for key in ("gold", "gold_ci95", "length"))
         lines.append(
-            f"{m:<14}{fmt(r['gold'], 3):>8}{fmt(r['gold_ci95'], 3):>8}{fmt(r.get('win_rate'), 3):>9}{fmt(r.get('kl'), 3):>8}"
-            f"{fmt(r['length'], 1):>8}{fmt(r.get('wall_s'), 0):>9}"
+            f"{m:<14}{fmt(gold, 3):>8}{fmt(ci, 3):>8}{fmt(r.get('win_rate'), 3):>9}{fmt(r.get('kl'), 3):>8}"
+            f"{fmt(length, 1):>8}{fmt(r.get('wall_s'), 0):>9}"
         )
     return "\n".join(lines)
 

@@ -51,8 +51,9 @@ def report(cfg: ReportConfig) -> Path | None:
             print(markdown(json.loads(path.read_text()), cfg.run), end="")
             return None
         out = render(cfg.run)
+        table = summary_table(json.loads(path.read_text()))
     except MissingResult as e:
         raise ValueError(f"{path}: {e}") from None
-    print(summary_table(json.loads(path.read_text())))
+    print(table)
     print(f"wrote {out}")
     return out
