@@ -71,8 +71,7 @@ def plot(cfg: PlotConfig) -> Path:
         ax.set_visible(False)
     fig.tight_layout()
     out = Path(cfg.out) if cfg.out else Path(cfg.run) / "curves.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_png(fig, out, dpi=100)
+    save_png(fig, out, dpi=100)  # makes its directory
     plt.close(fig)
     print(f"wrote {out}")
     return out

@@ -337,8 +337,7 @@ class Pipeline:
             "eval_s": round(time.perf_counter() - s, 1),
             "key": key,
         }
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(cache, json.dumps(result) + "\n")
+        write_atomic(cache, json.dumps(result) + "\n")  # makes its directory
         return result
 
     def best_of_n(self, reward_dir: str, n: int) -> dict:
