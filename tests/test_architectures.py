@@ -8,13 +8,13 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from preftune.atomic import write_jsonl
 from preftune.commands.dpo import dpo
 from preftune.commands.reward import reward
 from preftune.commands.rl import rl
 from preftune.commands.sample import annotate, sample_sets
 from preftune.commands.sft import sft
 from preftune.config import AnnotateConfig, DPOConfig, RewardConfig, RLConfig, SampleConfig, SamplingConfig, SFTConfig, TrainConfig
-from preftune.data import write_jsonl
 from preftune.models import save_model
 from preftune.world import lists
 

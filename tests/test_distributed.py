@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from preftune.atomic import write_jsonl
 from preftune.cli import main
-from preftune.data import write_jsonl
 from preftune.distributed import shard
 
 DEVICE = os.environ.get("PREFTUNE_TEST_DEVICE", "cpu")  # scripts/gpu_check.sh sets cuda (nccl) where 2 GPUs exist

@@ -18,12 +18,12 @@ import signal
 
 import pytest
 
-from preftune import faults
+from preftune.__main__ import run_command
 
 pytestmark = pytest.mark.slow
 
 CTX = multiprocessing.get_context("forkserver")
-CTX.set_forkserver_preload(["preftune.cli", "preftune.commands.sft", "preftune.commands.rl", "preftune.commands.dpo"])
+CTX.set_forkserver_preload(["preftune.__main__", "preftune.commands.sft", "preftune.commands.rl", "preftune.commands.dpo"])
 KILLED = -signal.SIGKILL
 # The kill points: random, and the same every run; PREFTUNE_FAULT_SEED=N draws other ones.
 RNG = random.Random(int(os.environ.get("PREFTUNE_FAULT_SEED", "15")))
@@ -32,7 +32,7 @@ RNG = random.Random(int(os.environ.get("PREFTUNE_FAULT_SEED", "15")))
 def start(argv, tmp, kill: str = ""):
     """``preftune ARGV`` in a process forked from the preloaded server; its output in tmp/log.txt."""
     env = {"PREFTUNE_THREADS": "1", "PREFTUNE_CACHE": str(tmp / "cache"), "PREFTUNE_KILL_AT": kill}
-    p = CTX.Process(target=faults.run_command, args=([str(a) for a in argv], env, str(tmp / "log.txt")))
+    p = CTX.Process(target=run_command, args=([str(a) for a in argv], env, str(tmp / "log.txt")))
     p.start()
     return p
 

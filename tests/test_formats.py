@@ -6,8 +6,9 @@ import json
 import pytest
 from datasets import Dataset, DatasetDict
 
+from preftune.atomic import write_jsonl
 from preftune.cli import main
-from preftune.data import Comparison, SFTExample, load_comparisons, load_prompts, load_sft, write_jsonl
+from preftune.data import Comparison, SFTExample, load_comparisons, load_prompts, load_sft
 from preftune.world import lists
 
 

@@ -3,9 +3,10 @@ import json
 import pytest
 import torch
 
+from preftune.checkpoint import latest_checkpoint
 from preftune.config import TrainConfig
 from preftune.data import encode
-from preftune.loop import latest_checkpoint, lr_factor, train
+from preftune.loop import lr_factor, train
 from preftune.methods.sft import SFT
 from preftune.models import build_model
 

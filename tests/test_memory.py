@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import transformers
 
-from preftune.data import write_jsonl
+from preftune.atomic import write_jsonl
 from preftune.memory import Shape, estimate, shape_of
 from preftune.models import save_model
 

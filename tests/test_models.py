@@ -49,6 +49,22 @@ def test_lora_model_saves_merged_weights_and_the_adapter(tmp_path, tokenizer):
         torch.testing.assert_close(loaded(input_ids=ids).logits, expected, atol=1e-4, rtol=1e-4)
 
 
+def test_lora_adapters_are_initialised_from_the_seed(tokenizer):
+    """A LoRA run is reproducible from its seed: the adapters' random A matrices come from it, not from
+    whatever the process's RNG held (it did before: two `sft --lora` runs of one config differed)."""
+
+    def adapters(seed, draws_before=0):
+        base = build_model(tokenizer, size="micro")
+        torch.rand(draws_before)  # the global RNG moved by anything that ran before
+        model = add_lora(base, seed=seed)
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
+
+    first, again, other = adapters(0), adapters(0, draws_before=7), adapters(1)
+    assert first and first.keys() == again.keys()
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    assert not all(torch.equal(first[n], other[n]) for n in first)
+
+
 def test_a_save_that_dies_midway_leaves_no_config_json(tmp_path, tokenizer, monkeypatch):
     """config.json is moved in last: its presence means the whole model is there."""
     model = build_model(tokenizer, size="micro")

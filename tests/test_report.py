@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from preftune import report
 from preftune.cli import main
 from preftune.commands.experiment import demo
 from preftune.config import DemoConfig
 from preftune.evaluate import paired_bootstrap
 from preftune.experiments import DEMO_FILE, load_spec
 from preftune.experiments.runners import RUNNERS
+from preftune.report import results as report
 from preftune.world import lists
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from preftune import losses
+from preftune.atomic import write_jsonl
 from preftune.commands import rl
 from preftune.config import RL_ALGORITHMS, BestOfNConfig, RLConfig, SamplingConfig, TrainConfig
-from preftune.data import write_jsonl
 from preftune.logprobs import LogProbs
 from preftune.methods.algorithms import ALGORITHMS, GRPO, PPO, RAFT, REINFORCE, RLOO, build_algorithm
 from preftune.methods.rl import RLHF, Scorer

@@ -8,17 +8,19 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from preftune.atomic import write_jsonl
 from preftune.cli import main
 from preftune.commands import rl
 from preftune.commands.plot import curves
 from preftune.config import RLConfig, SamplingConfig, TrainConfig
-from preftune.data import encode, write_jsonl
-from preftune.loop import check_report_to, train
+from preftune.data import encode
+from preftune.loop import train
 from preftune.methods.algorithms import build_algorithm
 from preftune.methods.rl import RLHF
 from preftune.methods.sft import SFT
 from preftune.models import build_model, save_model
 from preftune.rollout import Rollout
+from preftune.tracking import check_report_to
 from preftune.world import lists
 
 

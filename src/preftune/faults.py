@@ -36,23 +36,3 @@ def point(name: str, at: int | None = None) -> None:
         if os.environ.get("PREFTUNE_KILL_GROUP"):
             os.killpg(os.getpgrp(), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def run_command(argv: list[str], env: dict[str, str], log: str) -> None:
-    """Run ``preftune ARGV`` in this (forked) process with ``env`` added, its output to ``log``; the
-    process's exit status is the command's (or -SIGKILL when a point fires)."""
-    import sys
-
-    os.environ.update(env)
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    from .cli import main
-
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 2
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)

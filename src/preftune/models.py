@@ -143,12 +143,18 @@ def load_policy(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[P
     return fuse_gelu(model).to(distributed.device()), load_tokenizer(path)
 
 
-def add_lora(model: PreTrainedModel, r: int = 8, alpha: int = 16, dropout: float = 0.0) -> PreTrainedModel:
-    """Wrap ``model`` with LoRA adapters on every linear layer (peft); only adapters train."""
+def add_lora(model: PreTrainedModel, r: int = 8, alpha: int = 16, dropout: float = 0.0, seed: int = 0) -> PreTrainedModel:
+    """Wrap ``model`` with LoRA adapters on every linear layer (peft); only adapters train.
+
+    The adapters' random initialisation (peft's Kaiming-uniform A; B starts at zero) is drawn from
+    ``seed``, so a LoRA run is reproducible from its config like any other.
+    """
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, config)
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:

@@ -15,9 +15,11 @@ from typing import Any
 import torch
 
 from .. import __version__, distributed
+from ..atomic import write_jsonl
+from ..checkpoint import CKPT_DIR
 from ..config import TrainConfig, save_config, to_dict
-from ..data import Comparison, Encoded, Ranking, load_comparisons, load_prompts, write_jsonl
-from ..loop import CKPT_DIR, check_report_to
+from ..data import Comparison, Encoded, Ranking, load_comparisons, load_prompts
+from ..tracking import check_report_to
 
 
 def prepare(cfg: Any = None) -> None:
@@ -132,7 +134,7 @@ def held_out_split(items: list, fraction: float = 0.05, seed: int = 0) -> tuple[
 def report_truncation(encoded: Sequence[Encoded], what: str) -> None:
     n = sum(e.truncated for e in encoded)
     if n:
-        print(f"note: {n} of {len(encoded)} {what} were truncated (policy: preftune.data module doc)")
+        print(f"note: {n} of {len(encoded)} {what} were truncated (policy: preftune.data.tokens module doc)")
 
 
 def prompts_from(path: str, limit: int = 0, chat=None) -> list[str]:

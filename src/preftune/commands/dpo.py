@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from .. import distributed
+from ..atomic import save_atomic
 from ..config import DPOConfig, TokenConfig, to_dict
-from ..data import Comparison, Ranking, encode, save_atomic
+from ..data import Comparison, Ranking, encode
 from ..loop import train
 from ..methods.dpo import DirectPreference, Pair, PairData, Unlikelihood, preference_loss, reference_logps
 from ..models import add_lora, load_policy, save_model
@@ -94,7 +95,7 @@ def dpo(cfg: DPOConfig) -> Path:
             leash = f"beta {cfg.beta}"
         method = DirectPreference(PairData(train_pairs, held_pairs, pad, global_batch_size(cfg.train), cfg.train.seed), loss, cfg.beta)
     if cfg.lora:
-        model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
+        model = add_lora(model, cfg.lora_r, cfg.lora_alpha, seed=cfg.train.seed)
     print(f"{cfg.loss}: {len(train_pairs):,} training and {len(held_pairs):,} held-out pairs, {leash} -> {out}")
     train(model, method, cfg.train)
     if distributed.is_main():

@@ -9,7 +9,9 @@ from pathlib import Path
 from .. import distributed
 from ..config import DemoConfig, ExperimentConfig, ReportConfig, to_dict
 from ..experiments import DEMO_FILE, load_spec, run
-from ..report import MissingResult, markdown, render, results_path, summary_table
+from ..report.markdown import markdown, summary_table
+from ..report.page import render
+from ..report.results import MissingResult, results_path
 from .common import hold_directory, prepare
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..atomic import write_jsonl
 from ..config import LabelExportConfig, LabelServeConfig, LabelStatsConfig
-from ..data import DataError, read_rows, write_jsonl
+from ..data import DataError, read_rows
 from ..label.store import Store, read_tasks, stats, to_comparison
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from ..config import PlotConfig
-from ..figures import save_png
+from ..report.figures import save_png
 
 
 def _rows(path: Path) -> list[dict]:

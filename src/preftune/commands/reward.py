@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 
 from .. import distributed
+from ..atomic import write_atomic
 from ..config import RewardConfig, ScoreConfig
-from ..data import Comparison, Ranking, load_sft, read_rows, write_atomic
+from ..data import Comparison, Ranking, load_sft, read_rows
 from ..evaluate import evaluate_reward_model, format_reward_report
 from ..loop import train
 from ..methods.reward import RewardTraining, score_texts, to_units

@@ -11,10 +11,12 @@ from pathlib import Path
 import torch
 
 from .. import distributed, losses
+from ..atomic import write_atomic, write_jsonl
+from ..checkpoint import checkpoint_state
 from ..config import BestOfNConfig, RLConfig
-from ..data import encode_text, load_prompts, load_texts, write_atomic, write_jsonl
+from ..data import encode_text, load_prompts, load_texts
 from ..evaluate import evaluate_samples
-from ..loop import checkpoint_state, steps_per_epoch, train
+from ..loop import steps_per_epoch, train
 from ..methods.algorithms import build_algorithm
 from ..methods.rl import RLHF, Scorer, gold_or_none
 from ..models import load_policy, save_model

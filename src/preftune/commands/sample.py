@@ -7,8 +7,9 @@ import random
 from pathlib import Path
 
 from .. import distributed
+from ..atomic import write_jsonl
 from ..config import AnnotateConfig, SampleConfig
-from ..data import SCALE_STRENGTHS, DataError, read_rows, write_jsonl
+from ..data import SCALE_STRENGTHS, DataError, read_rows
 from ..models import load_policy
 from ..rollout import sample_shared
 from ..world import lists

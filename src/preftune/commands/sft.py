@@ -39,7 +39,7 @@ def sft(cfg: SFTConfig) -> Path:
     out = Path(cfg.train.out)
     model, tokenizer = load_policy(cfg.model)
     if cfg.lora:
-        model = add_lora(model, cfg.lora_r, cfg.lora_alpha)
+        model = add_lora(model, cfg.lora_r, cfg.lora_alpha, seed=cfg.train.seed)
 
     def enc(rows):
         return [encode(tokenizer, r.prompt, r.completion, cfg.tokens.max_length, cfg.tokens.max_prompt_length) for r in rows]

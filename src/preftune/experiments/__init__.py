@@ -33,21 +33,14 @@ import torch
 import yaml
 
 from .. import __version__
-from ..data import write_atomic
-from ..report import render, summary_table
-from .pipeline import Pipeline, check_settings
+from ..atomic import write_atomic
+from ..report.markdown import summary_table
+from ..report.page import render
+from .pipeline import Pipeline, check_settings, merge
 from .runners import RUNNERS, check_levers
 
 HERE = Path(__file__).parent
 DEMO_FILE, QUICK_FILE = HERE / "demo.yaml", HERE / "quick.yaml"
-
-
-def _merge(base: dict, over: dict) -> dict:
-    """``over`` laid over ``base``, recursively for nested mappings."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def load_spec(path: str | Path, quick: bool = False) -> dict:
@@ -68,11 +61,11 @@ def load_spec(path: str | Path, quick: bool = False) -> dict:
         raise ValueError(f"{path}: 'seeds' must be a list of distinct integers, got {seeds!r}")
     if not isinstance(spec.get("pipeline", {}), dict):
         raise ValueError(f"{path}: 'pipeline' must map stage names to settings")
-    spec = {**spec, "pipeline": _merge(yaml.safe_load(DEMO_FILE.read_text())["pipeline"], spec.get("pipeline") or {})}
+    spec = {**spec, "pipeline": merge(yaml.safe_load(DEMO_FILE.read_text())["pipeline"], spec.get("pipeline") or {})}
     if quick:
         lay = yaml.safe_load(QUICK_FILE.read_text())
-        spec["pipeline"] = _merge(spec["pipeline"], lay["pipeline"])
-        spec["experiments"] = {k: _merge(v or {}, lay["experiments"].get(k, {})) for k, v in spec["experiments"].items()}
+        spec["pipeline"] = merge(spec["pipeline"], lay["pipeline"])
+        spec["experiments"] = {k: merge(v or {}, lay["experiments"].get(k, {})) for k, v in spec["experiments"].items()}
     check_settings(spec["pipeline"], str(path))
     if "reward" in spec["experiments"]:
         check_levers(spec["experiments"]["reward"] or {}, f"{path}: experiments.reward")

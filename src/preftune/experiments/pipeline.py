@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .. import faults
+from ..atomic import write_atomic, write_jsonl
 from ..commands.dpo import dpo
 from ..commands.reward import reward
 from ..commands.rl import rl
@@ -42,7 +43,7 @@ from ..config import (
     override,
     to_dict,
 )
-from ..data import load_prompts, write_atomic, write_jsonl
+from ..data import load_prompts
 from ..evaluate import demonstrator_samples, evaluate_samples, kl_to_reference, win_rate
 from ..losses import best_of_n_kl, pick_best
 from ..methods.rl import Scorer
@@ -61,6 +62,14 @@ STAGES = {
     "rl": RLConfig,
     "dpo": DPOConfig,
 }
+
+
+def merge(base: dict, over: dict) -> dict:
+    """``over`` laid over ``base``, recursively for nested mappings (an experiment's settings over the demo's)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def check_settings(settings: dict, where: str) -> None:

@@ -15,14 +15,15 @@ import statistics
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..atomic import write_jsonl
 from ..commands.common import comparisons
 from ..config import PREFERENCE_LOSSES
-from ..data import Comparison, Ranking, write_jsonl
+from ..data import Comparison, Ranking
 from ..evaluate import evaluate_reward_model, mean_ci, paired_bootstrap
 from ..models import RewardEnsemble, load_policy, load_reward_model
 from ..rollout import sample
 from ..world import lists
-from .pipeline import Pipeline
+from .pipeline import Pipeline, merge
 
 RL_METHODS = ("raft", "reinforce", "rloo", "ppo")
 DPO_METHODS = ("dpo", "ipo", "unlikelihood")
@@ -279,9 +280,7 @@ def reward(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
     for name, lever in levers.items():
         sub = p
         if "pipeline" in lever:
-            from . import _merge
-
-            sub = Pipeline(p.out / "levers" / _slug(name), p.seed, _merge(p.settings, lever["pipeline"]))
+            sub = Pipeline(p.out / "levers" / _slug(name), p.seed, merge(p.settings, lever["pipeline"]))
         limit, changes, tau = int(lever.get("comparisons", 0)), lever.get("reward") or {}, float(lever.get("tau", 0.0))
         print(f"\n--- reward lever: {name} ---")
         own = not (changes or limit or tau or lever.get("ensemble"))

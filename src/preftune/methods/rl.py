@@ -15,7 +15,7 @@ Each iteration (:meth:`RLHF.collect`) runs the stages of InstructGPT's step 3:
 Each rollout (tensors, statistics, β and baseline) is saved to ``out/rollouts/iter-NNNNN.pt``
 before it is trained on, so a killed run resumes from its checkpoint on exactly the same data.
 Per-iteration statistics go to ``out/iterations.jsonl`` (:attr:`RLHF.iterations`), and with
-``--train.report-to`` to TensorBoard (``out/tensorboard/iterations``) or W&B (:class:`preftune.loop.Tracker`).
+``--train.report-to`` to TensorBoard (``out/tensorboard/iterations``) or W&B (:class:`preftune.tracking.Tracker`).
 """
 
 from __future__ import annotations
@@ -29,13 +29,15 @@ from pathlib import Path
 import torch
 
 from .. import distributed, faults, losses
+from ..atomic import save_atomic, write_jsonl
 from ..config import RLConfig
-from ..data import Batch, Encoded, collate, save_atomic, write_jsonl
+from ..data import Batch, Encoded, collate
 from ..evaluate import mean_ci
 from ..logprobs import completion_logps, model_device
-from ..loop import StepLoss, Tracker
+from ..loop import StepLoss
 from ..models import load_reward_model
 from ..rollout import Rollout, Sample, sample
+from ..tracking import Tracker
 from ..world import lists
 from .algorithms import Algorithm
 from .reward import score_samples

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
+from ..atomic import write_jsonl
 from ..config import WorldConfig
-from ..data import write_jsonl
 from . import lists
 
 

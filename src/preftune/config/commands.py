@@ -1,95 +1,12 @@
-"""Every configuration of preftune, as frozen dataclasses with one line of documentation per field.
-
-The rule: ``preftune X`` takes one ``XConfig`` (``preftune best-of-n``: ``BestOfNConfig``,
-``preftune label serve``: ``LabelServeConfig``), defined here and nowhere else. A config may hold
-the shared groups :class:`TrainConfig` (flags ``--train.*``), :class:`TokenConfig` (``--tokens.*``)
-and :class:`SamplingConfig` (``--gen.*``); the command line is generated from these classes
-(:mod:`preftune.cli`), so ``--help`` shows the same lines. Fields with ``required=True`` must be
-given; defaults run on a CPU. Every run saves its resolved config as ``run_config.json``, and
-``--config run_config.json`` replays it.
-"""
+"""Each command's config: ``preftune X`` takes ``XConfig`` (``preftune best-of-n``:
+``BestOfNConfig``, ``preftune label serve``: ``LabelServeConfig``), in pipeline order."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
-# The algorithms of `preftune rl` and the losses of `preftune dpo`; each name is registered once,
-# in preftune.methods.algorithms.ALGORITHMS and preftune.methods.dpo.LOSSES (a test keeps them equal).
-RL_ALGORITHMS = ("raft", "reinforce", "rloo", "grpo", "ppo")
-PREFERENCE_LOSSES = ("dpo", "cdpo", "ipo", "hinge", "soft", "simpo", "unlikelihood")
-REPORT_TO = ("none", "tensorboard", "wandb")  # --train.report-to: run trackers beside metrics.jsonl (preftune.loop.Tracker)
-
-
-def doc(default: Any, help: str, **kw) -> Any:
-    """A dataclass field with its one-line documentation (and ``choices``, ``required``, ``positional``, ``nargs``)."""
-    return field(default=default, metadata={"help": help, **kw})
-
-
-def device_field() -> Any:
-    """``--device``, on every command that runs a model."""
-    return doc("auto", "where models run: auto (cuda, else mps, else cpu), cpu, cuda or mps", choices=("auto", "cpu", "cuda", "mps"))
-
-
-# ------------------------------------------------------------------------------ shared groups
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The one optimisation loop's settings (``--train.*``)."""
-
-    out: str = doc("runs/out", "output directory: final model, checkpoints/, metrics.jsonl, run_config.json")
-    epochs: float = doc(1.0, "passes over the training data (ignored when max_steps > 0)")
-    max_steps: int = doc(0, "optimiser steps to take; 0 means derive from epochs")
-    batch_size: int = doc(32, "examples per micro-batch")
-    grad_accum: int = doc(1, "micro-batches per optimiser step")
-    lr: float = doc(1e-3, "peak learning rate (AdamW)")
-    weight_decay: float = doc(0.0, "AdamW weight decay (not applied to biases and norms)")
-    warmup: float = doc(0.05, "linear warm-up, as a fraction of all steps")
-    schedule: str = doc("cosine", "decay after warm-up", choices=("cosine", "linear", "constant"))
-    max_grad_norm: float = doc(1.0, "clip the global gradient norm to this (0 = no clipping)")
-    eval_every: int = doc(0, "evaluate every N steps (0 = only at the end)")
-    save_every: int = doc(50, "write a resumable checkpoint every N steps (0 = only at the end)")
-    log_every: int = doc(10, "write a metrics.jsonl row every N steps")
-    report_to: str = doc(
-        "none", "also log the metrics to TensorBoard (out/tensorboard) or W&B (offline unless WANDB_MODE; out/wandb)", choices=REPORT_TO
-    )
-    patience: int = doc(0, "early stopping: stop after N evaluations without improvement and keep the best (0 = off)")
-    seed: int = doc(0, "seed for initialisation and data order")
-    precision: str = doc(
-        "fp32", "bf16: autocast the forward to bfloat16 over fp32 weights (log-probs and losses stay fp32)", choices=("fp32", "bf16")
-    )
-    gradient_checkpointing: bool = doc(False, "recompute activations in the backward pass (non-reentrant): less memory, more time")
-    fsdp: bool = doc(
-        False, "under torchrun: FSDP2 (fully_shard per transformer block) instead of DDP; weights, gradients and AdamW states sharded"
-    )
-    dropout: bool = doc(True, "keep the model's dropout while training (off for DPO, reward and RL: their reference log-probs have none)")
-    resume: bool = doc(False, "continue from the last complete checkpoint in out/checkpoints")
-    progress: bool = doc(True, "show a progress bar")
-
-
-@dataclass(frozen=True)
-class TokenConfig:
-    """Sequence lengths (``--tokens.*``)."""
-
-    max_length: int = doc(128, "longest prompt + completion in tokens (truncation policy: preftune.data)")
-    max_prompt_length: int = doc(96, "prompts longer than this are cut from the left")
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How completions are sampled (``--gen.*``)."""
-
-    max_new_tokens: int = doc(32, "tokens to sample per completion at most")
-    temperature: float = doc(1.0, "sampling temperature (0 = greedy)")
-    top_k: int = doc(0, "sample among the k most likely tokens (0 = all)")
-    top_p: float = doc(1.0, "nucleus sampling mass (1 = all)")
-    batch_size: int = doc(128, "prompts per generation batch")
-    seed: int = doc(0, "sampling seed")
-
+from .fields import device_field, doc
+from .groups import PREFERENCE_LOSSES, RL_ALGORITHMS, SamplingConfig, TokenConfig, TrainConfig
 
 # ------------------------------------------------------------------- the world, pretraining, SFT
 
@@ -385,50 +302,3 @@ class LabelExportConfig:
 class LabelStatsConfig:
     db: str = doc("labels.sqlite", "the labelling database")
     json: bool = doc(False, "print one JSON object")
-
-
-# ----------------------------------------------------------------------------------- helpers
-
-
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def save_config(cfg: Any, path: str | Path, **extra: Any) -> None:
-    from .data import write_atomic
-
-    write_atomic(path, json.dumps({**to_dict(cfg), **extra}, indent=2, sort_keys=True) + "\n")
-
-
-def override(cfg: Any, values: dict, where: str = "config") -> Any:
-    """``cfg`` with the fields in ``values`` (nested dicts for nested groups) replaced; an unknown
-    field or a value of the wrong type is a ``ValueError`` naming ``where`` and the field."""
-    if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping of {type(cfg).__name__} fields, got {type(values).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
-    changes = {}
-    for name, value in values.items():
-        if name not in fields:
-            raise ValueError(f"{where}: {type(cfg).__name__} has no field {name!r} (fields: {', '.join(fields)})")
-        current = getattr(cfg, name)
-        if dataclasses.is_dataclass(current):
-            changes[name] = override(current, value, f"{where}.{name}")
-        else:
-            changes[name] = _coerce(current, value, f"{where}.{name}")
-    return dataclasses.replace(cfg, **changes)
-
-
-def _coerce(current: Any, value: Any, where: str) -> Any:
-    if isinstance(current, tuple):
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
-        return tuple(value)
-    if isinstance(current, bool):
-        if not isinstance(value, bool):
-            raise ValueError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if type(value) is not type(current):
-        raise ValueError(f"{where}: expected a {type(current).__name__}, got {value!r}")
-    return value

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from .data import write_atomic
-from .report import HEADLINE, TITLES, MissingResult
+from ..atomic import write_atomic
+from .results import HEADLINE, TITLES, MissingResult
 
 
 def _reference_lines(ax, pol: dict) -> None:
@@ -88,7 +88,7 @@ def draw(res: dict, figdir: Path) -> list[str]:
     for name, draw in PLOTS:
         try:
             fig = draw(plt, res)
-        except KeyError as e:  # a results file without a key it reads: one line, as report.lookup
+        except KeyError as e:  # a results file without a key it reads: one line, as results.lookup
             plt.close("all")
             raise MissingResult(
                 f"the {name} figure found no {e.args[0]!r} in the results (written by another preftune version? run the experiment again)"
@@ -103,7 +103,7 @@ def draw(res: dict, figdir: Path) -> list[str]:
 
 
 def save_png(fig, path: Path, dpi: int) -> None:
-    """``fig`` as a PNG at ``path``, written whole or not at all (:func:`preftune.data.write_atomic`)."""
+    """``fig`` as a PNG at ``path``, written whole or not at all (:func:`preftune.atomic.write_atomic`)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     write_atomic(path, buf.getvalue())

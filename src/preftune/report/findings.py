@@ -1,0 +1,166 @@
+"""Every sentence of the report that states a result, each choosing its words from a 95% interval
+(:func:`preftune.report.results.compare`); shared by the page and the Markdown."""
+
+from __future__ import annotations
+
+from .results import HEADLINE, TITLES, above, below, compare, comparisons
+from .writers import Html
+
+
+def sft_findings(h: Html, res: dict) -> list[str]:
+    c = res.get("claims", {})
+    if "sft_vs_demonstrator" not in c:
+        return []
+    out = [
+        f"SFT {compare(c['sft_vs_demonstrator'], 'beats', 'stays below', 'is indistinguishable from')} the demonstrator it imitates: "
+        f"{h.interval('claims.sft_vs_demonstrator')}."
+    ]
+    tuned = [m for m in HEADLINE if f"{m}_vs_sft" in c]
+    groups = {
+        ("beats", "beat"): [m for m in tuned if above(c[f"{m}_vs_sft"])],
+        ("is indistinguishable from", "are indistinguishable from"): [
+            m for m in tuned if not above(c[f"{m}_vs_sft"]) and not below(c[f"{m}_vs_sft"])
+        ],
+        ("falls below", "fall below"): [m for m in tuned if below(c[f"{m}_vs_sft"])],
+    }
+    said = "; ".join(f"{', '.join(TITLES[m] for m in ms)} {verb[len(ms) > 1]} SFT" for verb, ms in groups.items() if ms)
+    out.append(f"Against SFT (the interval of each method's difference in gold reward): {h.esc(said)}.")
+    beat = c["beat_demonstrator"]
+    out.append(
+        f"Methods whose difference to the demonstrator lies above zero: {h.num('claims.beat_demonstrator.count', 0)} "
+        f"of {h.num('claims.beat_demonstrator.of', 0)} ({h.esc(', '.join(TITLES.get(m, m) for m in beat['methods']) or 'none')})."
+    )
+    return out
+
+
+def frontier_findings(h: Html, res: dict) -> list[str]:
+    best = res.get("claims", {}).get("frontier_best", {})
+    if not best:
+        return []
+    points = "; ".join(
+        f"{m.upper()} {h.num(f'claims.frontier_best.{m}.gold')} at KL {h.num(f'claims.frontier_best.{m}.kl', 2)} (β {h.num(f'claims.frontier_best.{m}.beta', 2)})"
+        for m in best
+    )
+    return [f"On the frontier, the β with the highest mean gold per method (a point estimate, not a comparison): {points}."]
+
+
+def online_findings(h: Html, res: dict) -> list[str]:
+    c = res.get("claims", {})
+    out = []
+    for other in ("ppo", "rloo"):
+        if f"dpo_vs_{other}" in c:
+            verdict = compare(c[f"dpo_vs_{other}"], "beats", "trails", "is indistinguishable from")
+            out.append(
+                f"DPO {verdict} {other.upper()} at their default β: {h.interval(f'claims.dpo_vs_{other}')} in gold reward, "
+                f"at KL {h.num('policies.dpo.kl', 2)} against {h.num(f'policies.{other}.kl', 2)}."
+            )
+    return out
+
+
+def overopt_findings(h: Html, res: dict) -> list[str]:
+    o = res.get("overoptimisation")
+    if not o:
+        return []
+    out = []
+    for i, run in enumerate(o["runs"]):
+        k = f"overoptimisation.runs.{i}.summary"
+        sm = run["summary"]
+        verdict = (
+            "over-optimises: the proxy rises while gold falls"
+            if sm["overoptimised"]
+            else f"does not over-optimise: the proxy {compare(sm['proxy_change'], 'rises', 'falls', 'does not move clearly')}, "
+            f"gold {compare(sm['gold_change'], 'rises', 'falls', 'does not move clearly')}"
+        )
+        out.append(
+            f"{o['algo'].upper()} at β = {h.num(f'overoptimisation.runs.{i}.beta', 2)} against the reward model from "
+            f"{h.num('overoptimisation.comparisons', 0)} rankings {verdict}. Proxy {h.num(k + '.proxy_start')} → {h.num(k + '.proxy_end')} "
+            f"(change {h.interval(k + '.proxy_change')}), gold {h.num(k + '.gold_start')} → {h.num(k + '.gold_end')} "
+            f"(change {h.interval(k + '.gold_change')}; peak {h.num(k + '.gold_peak')} at KL {h.num(k + '.kl_peak', 2)}), final KL {h.num(k + '.kl_end', 2)}."
+        )
+    return out
+
+
+def diverse_findings(h: Html, res: dict) -> list[str]:
+    c = res.get("claims", {})
+    if "diverse_minority_gain" not in c:
+        return []
+    return [
+        f"Naming the labeller's group in the prompt {compare(c['diverse_minority_gain'], 'raises', 'lowers', 'does not detectably change')} "
+        f"the minority's utility ({h.num('claims.diverse.pooled_minority')} pooled, {h.num('claims.diverse.conditioned_minority')} conditioned: "
+        f"{h.interval('claims.diverse_minority_gain')}) and {compare(c['diverse_majority_gain'], 'raises', 'lowers', 'does not detectably change')} "
+        f"the majority's ({h.num('claims.diverse.pooled_majority')} and {h.num('claims.diverse.conditioned_majority')}: "
+        f"{h.interval('claims.diverse_majority_gain')})."
+    ]
+
+
+def rm_findings(h: Html, res: dict) -> list[str]:
+    if "reward_model" not in res:
+        return []
+    k = "reward_model"
+    return [
+        f"The reward model orders {h.num(k + '.gold_pair_accuracy')} (± {h.num(k + '.gold_pair_accuracy_ci95')}) of the within-prompt pairs "
+        f"of fresh pi_SFT samples with different gold reward as gold does; on held-out labels it reaches {h.num(k + '.accuracy')}, "
+        f"{h.num(k + '.accuracy_over_bayes')} of the Bayes-optimal {h.num(k + '.bayes_optimal_accuracy')}."
+    ]
+
+
+def findings(h: Html, res: dict) -> list[str]:
+    """Every sentence of the report that states a result, in page order."""
+    parts = (sft_findings, frontier_findings, online_findings, overopt_findings, diverse_findings, rm_findings)
+    return [x for part in parts for x in part(h, res)]
+
+
+LEVER_COLUMNS = (
+    ("gold_pair_accuracy", "gold pair accuracy", 3),
+    ("gold_pair_accuracy_ci95", "± CI", 3),
+    ("accuracy", "held-out accuracy", 3),
+    ("bayes_optimal_accuracy", "Bayes-optimal", 3),
+    ("accuracy_over_bayes", "ratio", 3),
+    ("components.duplicates", "r(duplicates)", -2),
+    ("components.count_error", "r(count error)", -2),
+    ("components.wrong", "r(wrong items)", -2),
+    ("components.coverage", "r(coverage)", -2),
+)
+
+
+def lever_rows(h: Html, res: dict) -> list[list[str]]:
+    rows = []
+    for i, r in enumerate(res.get("reward_levers", [])):
+        rows.append([h.esc(r["lever"]), *(h.num(f"reward_levers.{i}.{key}", d) for key, _, d in LEVER_COLUMNS)])
+    if rows:
+        gold = [h.num(f"reward_levers.0.gold_components.{key.split('.')[1]}", -2) for key, _, _ in LEVER_COLUMNS[5:]]
+        rows.append(["gold itself", *["–"] * 5, *gold])
+    return rows
+
+
+LEVERS_NOTE = (
+    "One reward model per row, each changing one thing from the first row; r(term) is the within-prompt correlation of its "
+    "score with that term of the gold reward on fresh pi_SFT samples (the last row: gold's own). A lever that changes the "
+    "pipeline (corpus, pretraining) is measured on its own pi_SFT's samples."
+)
+
+
+def intervals_note(h: Html, res: dict) -> str:
+    n = comparisons(res)
+    seeds = res.get("seeds") or []
+    over = (
+        f"over {len(seeds)} training seeds (a t interval of the per-seed results; beside it, the interval over prompts of the mean over seeds)"
+        if len(seeds) > 1
+        else "over prompts (paired bootstrap), for one training seed: they say nothing about another seed"
+    )
+    return (
+        f"Each verdict is read from a 95% interval {over}; the report makes {n} such comparisons, so about "
+        f"{n / 20:.0f} of them may land on the wrong side by chance."
+    )
+
+
+def provenance(h: Html, res: dict) -> str:
+    """Which run the numbers come from: command, seeds, machine, date, commit (as results.json records them)."""
+    if not res.get("run"):
+        return ""
+    seeds = res.get("seeds") or []
+    seeds_said = ", ".join(h.num(f"seeds.{i}", 0) for i in range(len(seeds))) if seeds else h.num("run.seed", 0)
+    return (
+        f"Run: {h.code(h.num('run.command'))}, seed{'s' if len(seeds) > 1 else ''} {seeds_said}, on {h.num('run.machine')} "
+        f"({h.num('run.threads', 0)} threads), {h.num('run.date')}, preftune {h.num('preftune')} at commit {h.num('run.commit')}."
+    )

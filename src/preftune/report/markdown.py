@@ -1,0 +1,55 @@
+"""The same results as text: the README's Markdown (``preftune report RUN --markdown``) and the
+terminal's table."""
+
+from __future__ import annotations
+
+from .findings import LEVER_COLUMNS, LEVERS_NOTE, findings, intervals_note, lever_rows, provenance
+from .results import HEADLINE, TITLES, fmt, lookup
+from .writers import Text
+
+
+def markdown(res: dict, source: str) -> str:
+    """The README's results: the methods table and every finding, as Markdown, from ``results.json`` alone
+    (no methods table for a run that evaluated only pi_SFT, as every run does)."""
+    h = Text(res)
+    pol = res.get("policies", {})
+    rows = [m for m in HEADLINE if m in pol] if len(pol) > 1 else []
+    seeded = any("gold_seeds_ci95" in pol[m] for m in rows)
+    head = ["policy", "gold reward", "± 95% CI (prompts)", *(["± 95% CI (seeds)"] if seeded else []), "win rate vs SFT", "KL to SFT"]
+    head += ["length", "well-formed", "distinct-2", "train s"]
+    lines = [f"*From `{source}`.* {provenance(h, res)}", ""]
+    if rows:
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in rows:
+        k = f"policies.{m}"
+        cells = [TITLES[m], h.num(k + ".gold"), h.num(k + ".gold_ci95")]
+        cells += [h.num(k + ".gold_seeds_ci95") if "gold_seeds_ci95" in pol[m] else "–"] * seeded
+        cells += [h.num(k + ".win_rate"), h.num(k + ".kl", 2), h.num(k + ".length", 1), h.num(k + ".well_formed"), h.num(k + ".distinct2")]
+        cells.append(h.num(k + ".wall_s", 0) if pol[m].get("wall_s") is not None else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    said = findings(h, res)
+    if said:
+        lines += ["", intervals_note(h, res), "", *(f"- {x}" for x in said)]
+    levers = lever_rows(h, res)
+    if levers:
+        titles = ["lever", *(title for _, title, _ in LEVER_COLUMNS)]
+        lines += [""] * (lines[-1] != "") + ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+        lines += ["| " + " | ".join(r) + " |" for r in levers]
+        lines += ["", LEVERS_NOTE]
+    return "\n".join(lines) + "\n"
+
+
+def summary_table(res: dict) -> str:
+    """The terminal's table: the same numbers as the report's methods table."""
+    pol = res.get("policies", {})
+    rows = [m for m in HEADLINE if m in pol]
+    head = f"{'policy':<14}{'gold':>8}{'± CI':>8}{'win/SFT':>9}{'KL':>8}{'length':>8}{'train s':>9}"
+    lines = [head, "-" * len(head)]
+    for m in rows:
+        r = pol[m]
+        gold, ci, length = (lookup(res, f"policies.{m}.{key}") for key in ("gold", "gold_ci95", "length"))
+        lines.append(
+            f"{m:<14}{fmt(gold, 3):>8}{fmt(ci, 3):>8}{fmt(r.get('win_rate'), 3):>9}{fmt(r.get('kl'), 3):>8}"
+            f"{fmt(length, 1):>8}{fmt(r.get('wall_s'), 0):>9}"
+        )
+    return "\n".join(lines)
