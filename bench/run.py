@@ -1,13 +1,17 @@
 """preftune beside TRL on the shared workload, in one run: each bench in its own process, TRL's and
 preftune's alternately, ``--passes`` times; one table (medians of the passes) and one JSON line.
 
-    python bench/run.py [--passes 2] [--only sft,reward,dpo,rloo,ppo,grpo] [--no-anchor] [--out bench/last.json]
+    python bench/run.py [--passes 2] [--only sft,reward,dpo,rloo,ppo,grpo,decode,decode_135m] [--no-anchor] [--out bench/last.json]
     python bench/run.py --render bench/last.json      the table of a saved run (the README's Speed section)
 
 TRL runs from the environments ``make bench-anchor`` builds in ``.anchor/`` (trl 1.16; trl 1.12 for
 PPO, the last release with it), with the workload's own scripts (``--workload``). Without them
 (``--no-anchor``) preftune runs alone and the ratios are missing. Throughput: examples (sft), pairs
 (reward, dpo: the reference pass charged), rollouts (rl) per second; peak RSS of each process.
+
+The decode benches (``bench_decode.py``) need no TRL: preftune's sampler and transformers' ``generate``
+run in one process on the same prompts (the workload's GPT-2, 32 × 48 tokens; SmolLM2-135M's shape
+with random weights, 32 × 32), fp32 and bf16, beside the model's matmul-bound rate.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PEAK_GFLOPS = 196.0  # this machine's fp32 matmul peak, 2 threads (torch, 2048²; the workload's README)
-BENCHES = ("sft", "reward", "dpo", "rloo", "ppo", "grpo")
+BENCHES = ("sft", "reward", "dpo", "rloo", "ppo", "grpo", "decode", "decode_135m")
+DECODE = {"decode": "gpt2", "decode_135m": "135m"}  # bench: bench_decode.py --model
 UNIT = {"sft": "examples/s", "reward": "pairs/s", "dpo": "pairs/s", "rloo": "rollouts/s", "ppo": "rollouts/s", "grpo": "rollouts/s"}
+UNIT.update({b: "tokens/s" for b in DECODE})
 TRL_SCRIPT = {
     "sft": ("venv", ["bench_sft.py"]),
     "reward": ("venv", ["bench_reward.py"]),
@@ -48,6 +54,11 @@ def run(cmd: list[str], env: dict, cwd: Path | None = None) -> dict:
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {res.returncode}: {res.stderr.strip().splitlines()[-1:]}")
     return last_json(res.stdout)
+
+
+def decode(bench: str, assets: Path, env: dict) -> dict:
+    """One bench_decode.py run: preftune's and generate's tokens/s, fp32 and bf16, and the matmul bound."""
+    return run([sys.executable, str(HERE / "bench_decode.py"), "--model", DECODE[bench], "--assets", str(assets)], env)
 
 
 def preftune(bench: str, assets: Path, env: dict) -> tuple[float, float]:
@@ -97,9 +108,20 @@ def main() -> None:
     subprocess.run(
         [sys.executable, str(HERE / "bench_train.py"), "--only", "", "--assets", str(assets)], check=True, env=env, capture_output=True
     )
-    runs: dict[str, dict[str, list]] = {b: {"preftune": [], "trl": []} for b in only}
+    runs: dict[str, dict[str, list]] = {b: {"preftune": [], "trl": [], "decode": []} for b in only}
     for p in range(a.passes):
         for b in only:
+            if b in DECODE:  # its anchor, transformers' generate, runs in the same process
+                line = decode(b, assets, env)
+                runs[b]["decode"].append(line)
+                runs[b]["preftune"].append((line["fp32"]["preftune_tokens_per_s"], line["peak_rss_mib"], None))
+                runs[b]["trl"].append((line["fp32"]["generate_tokens_per_s"], None))
+                print(
+                    f"pass {p + 1} {b:<7} preftune {line['fp32']['preftune_tokens_per_s']:8.1f} generate {line['fp32']['generate_tokens_per_s']:8.1f} {UNIT[b]}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                continue
             if with_trl:
                 runs[b]["trl"].append(trl(b, anchor, workload, assets, env))
                 print(f"pass {p + 1} {b:<7} TRL      {runs[b]['trl'][-1][0]:8.2f} {UNIT[b]}", file=sys.stderr, flush=True)
@@ -112,7 +134,7 @@ def main() -> None:
     rows = {}
     for b in only:
         r = runs[b]
-        ratios = [pt[0] / tr[0] for pt, tr in zip(r["preftune"], r["trl"])]
+        ratios = [pt[0] / tr[0] for pt, tr in zip(r["preftune"], r["trl"]) if tr[0]]
         rows[b] = {
             "unit": UNIT[b],
             "preftune": med(r["preftune"], 0),
@@ -120,9 +142,16 @@ def main() -> None:
             "ratio": statistics.median(ratios) if ratios else None,
             "preftune_rss_mib": med(r["preftune"], 1),
             "trl_rss_mib": med(r["trl"], 1),
-            "preftune_peak_fraction": med(r["preftune"], 2) / PEAK_GFLOPS,
+            "preftune_peak_fraction": None if b in DECODE else med(r["preftune"], 2) / PEAK_GFLOPS,
             "passes": {"preftune": [x[0] for x in r["preftune"]], "trl": [x[0] for x in r["trl"]]},
         }
+        if b in DECODE:  # the anchor is generate; the same run's bf16 and matmul bound beside it
+            rows[b]["anchor"] = "transformers generate"
+            rows[b]["trl_rss_mib"] = None
+            rows[b]["decode"] = {
+                prec: {k: statistics.median(line[prec][k] for line in r["decode"]) for k in r["decode"][0][prec]}
+                for prec in ("fp32", "bf16")
+            }
     meta = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
@@ -147,14 +176,30 @@ def table(result: dict) -> str:
         "| bench | unit | preftune | TRL | ratio | preftune peak RSS MiB | TRL peak RSS MiB | preftune % of fp32 peak |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for b, r in result["benches"].items():
-        f = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
+    f = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
+    trainers = {b: r for b, r in result["benches"].items() if "decode" not in r}
+    for b, r in trainers.items():
         lines.append(
             f"| {b} | {r['unit']} | {r['preftune']:.2f} | {f(r['trl'], '.2f')} | {f(r['ratio'], '.2f')} "
             f"| {r['preftune_rss_mib']:.0f} | {f(r['trl_rss_mib'], '.0f')} | {f(r.get('preftune_peak_fraction'), '.0%')} |"
         )
-    if not result["trl"]:
+    if trainers and not result["trl"]:
         lines.append("no TRL environment (--no-anchor): the ratios are missing")
+    decodes = {b: r for b, r in result["benches"].items() if "decode" in r}
+    if decodes:
+        lines += [
+            "",
+            "Decoding (sampling at temperature 1, every row to the end), preftune's sampler against transformers' `generate`, same process:",
+            "",
+            "| bench | weights | preftune tokens/s | generate tokens/s | ratio | matmul-bound tokens/s | preftune % of bound | peak RSS MiB |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for b, r in decodes.items():
+            for prec, d in r["decode"].items():
+                lines.append(
+                    f"| {b} | {prec} | {d['preftune_tokens_per_s']:.0f} | {d['generate_tokens_per_s']:.0f} | {d['ratio']:.2f} "
+                    f"| {d['matmul_bound_tokens_per_s']:.0f} | {d['fraction_of_bound']:.0%} | {r['preftune_rss_mib']:.0f} |"
+                )
     lines.append(
         f"\n% of fp32 peak: model FLOP/s over {PEAK_GFLOPS:.0f} GFLOP/s (this CPU, 2 threads) — 6 × parameters × real tokens per"
         " second trained, 2 × parameters per token of a forward pass (DPO's reference; RL's generation, reference, reward and value passes);"

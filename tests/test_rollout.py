@@ -2,8 +2,9 @@ import torch
 
 from preftune.config import SamplingConfig
 from preftune.data import collate
+from preftune.decode import filter_logits as _filter_logits
 from preftune.logprobs import completion_logps
-from preftune.rollout import Rollout, _filter_logits, sample
+from preftune.rollout import Rollout, sample
 
 PROMPTS = [
     "Human: Name 2 fruits.\n\nAssistant:",

@@ -1,25 +1,25 @@
-"""Batched sampling with a KV cache: left-padded prompts, temperature / top-k / top-p, stop at EOS.
+"""Batched sampling: left-padded prompts, temperature / top-k / top-p, stop at EOS; the typed Rollout of an RL iteration.
 
 A completion ends at its first EOS (the EOS is kept in ``completion_ids`` and the text is cut
 before it); a completion that never emits EOS within ``max_new_tokens`` has ``ended = False``.
 Dropout is off while sampling. The returned per-token log-probs are those of the *sampling*
-distribution (temperature applied, before top-k/top-p filtering), computed by the same
-``gather_token_logps`` the training forward uses.
+distribution (temperature applied, before top-k/top-p filtering): a log-softmax of the same logits
+the training forward reads, equal to its log-probs up to float rounding (tested). The decode loop
+itself is :mod:`preftune.decode`.
 """
 
 from __future__ import annotations
 
-import inspect
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 
 import torch
 
-from . import distributed, faults
+from . import decode, distributed, faults
 from .config import SamplingConfig
 from .data import Encoded, collate, encode
-from .logprobs import gather_token_logps, model_device, position_ids
+from .logprobs import model_device
 
 
 @dataclass(frozen=True)
@@ -37,19 +37,6 @@ class Sample:
         return Encoded(self.prompt_ids + self.completion_ids, len(self.prompt_ids))
 
 
-def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Mask logits (B, V) outside the top-k / nucleus with -inf."""
-    if top_k > 0 and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest set whose mass reaches top_p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return logits
-
-
 @torch.no_grad()
 def sample(
     model,
@@ -60,31 +47,55 @@ def sample(
     max_prompt_length: int = 96,
     progress: bool = False,
 ) -> list[Sample]:
-    """``n`` completions for each prompt (prompt-major order: all of prompt 0's, then prompt 1's, ...)."""
+    """``n`` completions for each prompt (prompt-major order: all of prompt 0's, then prompt 1's, ...).
+
+    A batch holds ``cfg.batch_size // n`` prompts (at least one), each prompt's ``n`` samples
+    decoded from one prefill (:mod:`preftune.decode`). Row ``r`` of a batch draws the ``r``-th of the
+    step's uniforms, so a sample depends on the seed, its batch and its place in it, not on when
+    other rows ended."""
     was_training = model.training
     model.eval()
     device = model_device(model)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     eos = tokenizer.eos_token_id
-    todo = [p for p in prompts for _ in range(n)]
+    run = decode.choose(model)
+    per_batch = max(1, cfg.batch_size // n)
     out: list[Sample] = []
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), desc="sampling", unit="seq", dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 5.0)
-    for start in range(0, len(todo), cfg.batch_size):
-        chunk = todo[start : start + cfg.batch_size]
+        bar = tqdm(total=len(prompts) * n, desc="sampling", unit="seq", dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 5.0)
+    for start in range(0, len(prompts), per_batch):
+        chunk = list(prompts[start : start + per_batch])
         enc = [encode(tokenizer, p, "", max_prompt_length + 1, max_prompt_length, add_eos=False) for p in chunk]
         batch = collate(enc, tokenizer.pad_token_id, padding_side="left").to(device)
-        out.extend(_sample_batch(model, tokenizer, chunk, [e.input_ids for e in enc], batch.input_ids, batch.attention_mask, cfg, gen, eos))
+        rows = len(chunk) * n
+        done = run(model, batch.input_ids, batch.attention_mask, n, cfg.max_new_tokens, eos, decode.sampler(cfg, gen, rows, device))
+        out.extend(_samples(tokenizer, [p for p in chunk for _ in range(n)], [e.input_ids for e in enc for _ in range(n)], done, eos))
         faults.point("generate")
         if bar is not None:
-            bar.update(len(chunk))
+            bar.update(rows)
     if bar is not None:
         bar.close()
     model.train(was_training)
     return out
+
+
+def _samples(tokenizer, prompts: list[str], prompt_ids: list[tuple[int, ...]], done: decode.Decoded, eos: int) -> list[Sample]:
+    """A decode's rows as :class:`Sample` s: ids up to and including the first EOS, the text before it."""
+    ids = done.tokens[:, : done.steps].tolist()  # (B, steps)
+    logps = done.logps[:, : done.steps]
+    samples = []
+    for i, row in enumerate(ids):
+        ended = eos in row
+        cut = row.index(eos) + 1 if ended else len(row)
+        text = tokenizer.decode(row[: cut - 1] if ended else row, skip_special_tokens=False)
+        token_lps = logps[i, :cut]
+        samples.append(
+            Sample(prompts[i], text, tuple(row[:cut]), ended, float(token_lps.sum()), tuple(prompt_ids[i]), tuple(token_lps.tolist()))
+        )
+    return samples
 
 
 def sample_shared(
@@ -96,57 +107,6 @@ def sample_shared(
     mine = distributed.shard(list(prompts))
     seeded = replace(cfg, seed=cfg.seed + 7919 * distributed.rank())
     return distributed.gather(sample(model, tokenizer, mine, seeded, n=n, progress=progress and distributed.is_main()))
-
-
-def _cache_kwarg(model) -> str:
-    """transformers renamed ``past_key_values`` to ``cache`` (5.2x); accept both."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _sample_batch(model, tokenizer, prompts, prompt_ids, input_ids, attention_mask, cfg: SamplingConfig, gen, eos: int) -> list[Sample]:
-    B = input_ids.shape[0]
-    cache_kw = _cache_kwarg(model)
-    pos = position_ids(attention_mask)
-    res = model(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=pos, use_cache=True, logits_to_keep=1)
-    cache, logits = getattr(res, cache_kw), res.logits[:, -1]  # (B, V)
-    next_pos = pos[:, -1:] + 1  # (B, 1)
-    mask = attention_mask.long()
-    tokens, logps = [], []
-    done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-    for _ in range(cfg.max_new_tokens):
-        logits = logits.float()
-        if cfg.temperature == 0:
-            tok = logits.argmax(-1)
-            lp = gather_token_logps(logits[:, None], tok[:, None])[:, 0]
-        else:
-            scaled = logits / cfg.temperature
-            probs = _filter_logits(scaled, cfg.top_k, cfg.top_p).softmax(-1)
-            tok = torch.multinomial(probs, 1, generator=gen)[:, 0]
-            lp = gather_token_logps(scaled[:, None], tok[:, None])[:, 0]
-        tok = tok.masked_fill(done, eos)  # finished rows keep emitting EOS; ignored below
-        tokens.append(tok)
-        logps.append(lp.masked_fill(done, 0.0))
-        done = done | (tok == eos)
-        if bool(done.all()):
-            break
-        mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=mask.device)], dim=1)
-        res = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True, **{cache_kw: cache})
-        cache, logits = getattr(res, cache_kw), res.logits[:, -1]
-        next_pos = next_pos + 1
-    ids = torch.stack(tokens, 1).tolist()  # (B, T_new)
-    lps = torch.stack(logps, 1)
-    samples = []
-    for i in range(B):
-        row = ids[i]
-        ended = eos in row
-        cut = row.index(eos) + 1 if ended else len(row)
-        text_ids = row[: cut - 1] if ended else row
-        text = tokenizer.decode(text_ids, skip_special_tokens=False)
-        token_lps = lps[i, :cut]
-        samples.append(
-            Sample(prompts[i], text, tuple(row[:cut]), ended, float(token_lps.sum()), tuple(prompt_ids[i]), tuple(token_lps.tolist()))
-        )
-    return samples
 
 
 @dataclass(frozen=True)

@@ -64,5 +64,5 @@ class SamplingConfig:
     temperature: float = doc(1.0, "sampling temperature (0 = greedy)")
     top_k: int = doc(0, "sample among the k most likely tokens (0 = all)")
     top_p: float = doc(1.0, "nucleus sampling mass (1 = all)")
-    batch_size: int = doc(128, "prompts per generation batch")
+    batch_size: int = doc(128, "sequences per generation batch (a prompt's samples share one batch and one prefill)")
     seed: int = doc(0, "sampling seed")

@@ -56,7 +56,10 @@ def render_messages(prompt: Sequence[dict], completion: Sequence[dict], chat=Non
     """
     if not prompt or not completion:
         raise DataError(path, where, "a conversation needs prompt messages and completion messages")
-    head, whole = render_chat(prompt, chat, add_generation_prompt=True), render_chat([*prompt, *completion], chat, add_generation_prompt=False)
+    head, whole = (
+        render_chat(prompt, chat, add_generation_prompt=True),
+        render_chat([*prompt, *completion], chat, add_generation_prompt=False),
+    )
     if not whole.startswith(head):
         raise DataError(path, where, "the chat template renders the prompt differently alone and in the conversation: cannot split it")
     tail = whole[len(head) :]

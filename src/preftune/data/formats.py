@@ -116,7 +116,10 @@ def load_comparisons(path: str | Path, chat=None) -> list[Comparison | Ranking]:
         if isinstance(row["chosen"], list) or isinstance(row["rejected"], list):
             prompt, chosen, rejected = _conversational_pair(row, path, where, chat)
         else:  # an empty completion (EOS at once) is a legitimate thing to compare
-            chosen, rejected = text_field(row, "chosen", path, where, allow_empty=True), text_field(row, "rejected", path, where, allow_empty=True)
+            chosen, rejected = (
+                text_field(row, "chosen", path, where, allow_empty=True),
+                text_field(row, "rejected", path, where, allow_empty=True),
+            )
             if "prompt" in row:
                 prompt = text_field(row, "prompt", path, where)
             elif ASSISTANT_MARK in chosen and ASSISTANT_MARK in rejected:  # HH-RLHF: whole transcripts, split at the last turn

@@ -17,7 +17,6 @@ class DataError(ValueError):
         super().__init__(f"{path}:{where}: {problem}")
 
 
-
 SHOWN = 60  # characters of a bad value an error message quotes
 
 
@@ -118,7 +117,6 @@ def text_field(row: dict, key: str, path, where, allow_empty: bool = False) -> s
     if not value and not allow_empty:
         raise DataError(path, where, f"field {key!r} is empty")
     return value
-
 
 
 def nonempty(rows: list, path) -> None:

@@ -40,7 +40,9 @@ def _methods(h: Html, res: dict, figures: list[str]) -> str | None:
         )
     )
     figure = (
-        [figure_tag("methods", "Mean gold reward per method, with SFT and the demonstrator as dashed lines")] if "methods" in figures else []
+        [figure_tag("methods", "Mean gold reward per method, with SFT and the demonstrator as dashed lines")]
+        if "methods" in figures
+        else []
     )
     return "\n".join([table, note, *figure]) + "\n"
 
@@ -51,7 +53,9 @@ def _vs_sft(h: Html, res: dict, figures: list[str]) -> str | None:
         return None
     text = " ".join(sft_findings(h, res))
     rows = [
-        td_row(TITLES[m], h.interval(f"claims.{m}_vs_sft"), h.interval(f"claims.{m}_vs_demonstrator")) for m in HEADLINE if f"{m}_vs_sft" in c
+        td_row(TITLES[m], h.interval(f"claims.{m}_vs_sft"), h.interval(f"claims.{m}_vs_demonstrator"))
+        for m in HEADLINE
+        if f"{m}_vs_sft" in c
     ]
     return f"<p>\n{text}\n</p>" + html_table(th_row("method", "− SFT", "− demonstrator"), rows)
 
@@ -122,7 +126,9 @@ def _reward_model(h: Html, res: dict, figures: list[str]) -> str | None:
     head = th_row("reward model", "gold pair accuracy", "± CI", "held-out accuracy", "Bayes-optimal", "ratio", "Spearman across prompts")
     comps = res["reward_model"].get("components", {})
     crow = [
-        td_row(name.replace("_", " "), h.num(f"reward_model.components.{name}.score", -2), h.num(f"reward_model.components.{name}.gold", -2))
+        td_row(
+            name.replace("_", " "), h.num(f"reward_model.components.{name}.score", -2), h.num(f"reward_model.components.{name}.gold", -2)
+        )
         for name in comps
     ]
     note = (
