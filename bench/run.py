@@ -115,7 +115,7 @@ def main() -> None:
                 line = decode(b, assets, env)
                 runs[b]["decode"].append(line)
                 runs[b]["preftune"].append((line["fp32"]["preftune_tokens_per_s"], line["peak_rss_mib"], None))
-                runs[b]["trl"].append((line["fp32"]["generate_tokens_per_s"], None))
+                runs[b]["trl"].append((line["fp32"]["generate_tokens_per_s"], line["peak_rss_mib"]))  # the same process
                 print(
                     f"pass {p + 1} {b:<7} preftune {line['fp32']['preftune_tokens_per_s']:8.1f} generate {line['fp32']['generate_tokens_per_s']:8.1f} {UNIT[b]}",
                     file=sys.stderr,
@@ -147,7 +147,6 @@ def main() -> None:
         }
         if b in DECODE:  # the anchor is generate; the same run's bf16 and matmul bound beside it
             rows[b]["anchor"] = "transformers generate"
-            rows[b]["trl_rss_mib"] = None
             rows[b]["decode"] = {
                 prec: {k: statistics.median(line[prec][k] for line in r["decode"]) for k in r["decode"][0][prec]}
                 for prec in ("fp32", "bf16")
@@ -172,12 +171,15 @@ def table(result: dict) -> str:
     lines = [
         f"preftune vs TRL, same run: {result['date']}, {result['machine']}, commit {result['commit']}, "
         f"median of {result['passes']} passes, fp32, 2 threads",
-        "",
-        "| bench | unit | preftune | TRL | ratio | preftune peak RSS MiB | TRL peak RSS MiB | preftune % of fp32 peak |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     f = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
     trainers = {b: r for b, r in result["benches"].items() if "decode" not in r}
+    if trainers:
+        lines += [
+            "",
+            "| bench | unit | preftune | TRL | ratio | preftune peak RSS MiB | TRL peak RSS MiB | preftune % of fp32 peak |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
     for b, r in trainers.items():
         lines.append(
             f"| {b} | {r['unit']} | {r['preftune']:.2f} | {f(r['trl'], '.2f')} | {f(r['ratio'], '.2f')} "
