@@ -164,3 +164,11 @@ def test_eos_carries_loss_when_pad_equals_eos(tokenizer):
     assert batch.input_ids[0, last] == eos and batch.completion_mask[0, last]
     assert not batch.completion_mask[0, last + 1 :].any()  # padding with the same id carries no loss
     assert batch.attention_mask.sum().item() == len(a.input_ids) + len(b.input_ids)
+
+
+def test_a_file_of_completions_to_score_may_hold_an_empty_one(tmp_path):
+    """A sample that emitted EOS at once has an empty completion: `preftune score` takes it, SFT does not."""
+    path = _write(tmp_path / "c.jsonl", [{"prompt": "p", "completion": ""}, {"prompt": "p", "completion": " a"}])
+    assert [e.completion for e in load_sft(path, empty_completions=True)] == ["", " a"]
+    with pytest.raises(DataError, match="'completion' is empty"):
+        load_sft(path)

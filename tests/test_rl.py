@@ -225,7 +225,10 @@ def test_untracked_kl_at_beta_zero_trains_the_same_policy_without_a_reference(wo
         [json.loads(x) for x in (world_dir / d / "iterations.jsonl").read_text().splitlines()] for d in ("tracked", "untracked")
     )
     assert [r["score"] for r in tracked] == [r["score"] for r in untracked]
-    assert all(r["kl"] is None and r["kl_k3"] is None for r in untracked) and tracked[-1]["kl"] > 0
+    assert all(r["kl"] is None and r["kl_k3"] is None for r in untracked)
+    # tracked: the columns are there and the policy has moved (k3 >= 0 per token, 0 only where pi = pi_ref; the k1
+    # Monte Carlo mean can fall below 0 on 32 samples)
+    assert tracked[-1]["kl"] is not None and tracked[-1]["kl_k3"] > 0
 
 
 @pytest.mark.parametrize("batch_size,whole", [(8, True), (6, False)])

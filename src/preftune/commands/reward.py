@@ -66,7 +66,7 @@ def score(cfg: ScoreConfig) -> list[float]:
     prepare(cfg)
     rm, tokenizer = load_reward_model(cfg.reward)
     rows = [row for _, row in read_rows(cfg.data)]
-    mine = distributed.shard([(r.prompt, r.completion) for r in load_sft(cfg.data, tokenizer)])  # all of them in one process
+    mine = distributed.shard([(r.prompt, r.completion) for r in load_sft(cfg.data, tokenizer, empty_completions=True)])  # all of them in one process
     scores = distributed.gather(score_texts(rm, tokenizer, mine).tolist())
     if distributed.is_main():
         emit_rows([{**row, "score": s} for row, s in zip(rows, scores)], cfg.out, "scores")

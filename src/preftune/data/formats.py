@@ -12,9 +12,12 @@ from .records import Comparison, Ranking, SFTExample
 from .rows import DataError, nonempty, read_rows, shown, text_field
 
 
-def load_sft(path: str | Path, chat=None) -> list[SFTExample]:
+def load_sft(path: str | Path, chat=None, empty_completions: bool = False) -> list[SFTExample]:
     """SFT rows (TRL's formats): ``{"prompt", "completion"}`` as strings or as message lists, or
-    ``{"messages": [...]}``; messages are rendered with ``chat``'s template (:func:`render_messages`)."""
+    ``{"messages": [...]}``; messages are rendered with ``chat``'s template (:func:`render_messages`).
+
+    An empty completion is refused (a demonstration of nothing) unless ``empty_completions``: a file of
+    completions to score may hold one (a sample that emitted EOS at once)."""
     out = []
     for where, row in read_rows(path):
         if "messages" in row:
@@ -23,7 +26,8 @@ def load_sft(path: str | Path, chat=None) -> list[SFTExample]:
             prompt, completion = (check_messages(row.get(k), path, where, k) for k in ("prompt", "completion"))
             out.append(render_messages(prompt, completion, chat, path, where))
         elif "prompt" in row or "completion" in row:
-            out.append(SFTExample(text_field(row, "prompt", path, where, allow_empty=True), text_field(row, "completion", path, where)))
+            prompt = text_field(row, "prompt", path, where, allow_empty=True)
+            out.append(SFTExample(prompt, text_field(row, "completion", path, where, allow_empty=empty_completions)))
         else:
             raise DataError(path, where, f"expected 'prompt' and 'completion', or 'messages' (fields present: {sorted(row)})")
     nonempty(out, path)
