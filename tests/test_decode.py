@@ -10,12 +10,14 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+import transformers
+from transformers import AutoModelForCausalLM
 
 from preftune import decode
 from preftune.config import SamplingConfig
 from preftune.data import collate, encode
 from preftune.rollout import sample
+from test_packing import CONFIGS
 
 PROMPTS = [
     "Human: Name 2 fruits.\n\nAssistant:",
@@ -102,25 +104,14 @@ def test_greedy_is_argmax_and_a_zero_probability_token_is_never_drawn():
 
 
 def _micro(kind: str, tokenizer, attn: str = "sdpa"):
+    """A 2-layer model of ``kind`` (tests/test_packing.py's shapes) on the test tokenizer, initialised wide
+    enough (std 0.3) that greedy rows do not all repeat one token."""
+    name, sizes = CONFIGS[kind]
     ids = dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
-    if kind == "gpt2":
-        config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=128, initializer_range=0.3, **ids)
-    else:
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            **ids,
-        )
+    config = getattr(transformers, name)(vocab_size=len(tokenizer), initializer_range=0.3, **ids, **sizes)
     config._attn_implementation = attn
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():  # peaked next-token distributions: tokens repeat, so one can serve as an EOS rows hit
-        model.get_output_embeddings().weight.mul_(4.0)
-    return model
+    return AutoModelForCausalLM.from_config(config).eval()
 
 
 def _batch(tokenizer):
@@ -142,7 +133,7 @@ def _ending_token(model, batch, cfg: SamplingConfig) -> int:
     return max(sorted(set(out.tokens.flatten().tolist())), key=spread)
 
 
-@pytest.mark.parametrize("kind, attn", [("llama", "sdpa"), ("gpt2", "sdpa"), ("llama", "eager")])
+@pytest.mark.parametrize("kind, attn", [*((k, "sdpa") for k in sorted(decode.DECODABLE)), ("llama", "eager")])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 @pytest.mark.parametrize("compact_at", [1.0, 0.5])
 def test_decode_gives_the_plain_loops_tokens(tokenizer, monkeypatch, kind, attn, temperature, compact_at):
@@ -165,6 +156,10 @@ def test_decode_gives_the_plain_loops_tokens(tokenizer, monkeypatch, kind, attn,
     assert torch.equal(fast.tokens, plain.tokens)
     torch.testing.assert_close(fast.logps, plain.logps, atol=1e-5, rtol=1e-5)
     assert fast.steps == plain.steps
+
+
+def test_every_architecture_of_the_fast_path_is_checked():
+    assert decode.DECODABLE <= set(CONFIGS)
 
 
 def test_n_samples_share_one_prefill_and_equal_the_prompt_repeated(model, tokenizer):

@@ -1,6 +1,6 @@
 """The decode loop behind every sampler (``sample``, ``generate``, ``eval``, ``best-of-n``, RL rollouts).
 
-What it does that a plain ``generate`` loop does not, each for a measured cost (README: "Speed"):
+What it does that a plain ``generate`` loop does not, (measured together: README, "Speed"):
 
 * **The prompt's keys and values are computed once** and shared by its ``n`` samples: the prefill
   runs on the distinct prompts, and its cache is repeated into the decode rows.
@@ -30,7 +30,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from .logprobs import gather_token_logps, position_ids
 
-# Checked token for token against the plain loop in tests/test_rollout.py.
+# Each checked token for token against the plain loop in tests/test_decode.py.
 DECODABLE = frozenset({"gpt2", "llama", "mistral", "qwen2", "gemma", "gpt_neox"})
 COMPACT_AT = 0.75  # compact the batch when at most this share of its rows is still running
 
