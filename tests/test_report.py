@@ -48,7 +48,8 @@ def test_demo_config_file_is_what_the_demo_runs_and_every_config_loads():
     for f in Path("configs").glob("*.yaml"):  # every shipped config names known experiments and valid stage settings
         spec = load_spec(f)
         assert set(spec["experiments"]) <= set(RUNNERS), f
-        assert spec["pipeline"]["rl"]["iterations"] == 24 and spec["pipeline"]["sft"]["train"]["epochs"] == 6.0  # the demo's, unless set
+        if f.name != "smollm2.yaml":  # the real model's file sets its own budget
+            assert spec["pipeline"]["rl"]["iterations"] == 24 and spec["pipeline"]["sft"]["train"]["epochs"] == 6.0  # the demo's, unless set
 
 
 def test_quick_lays_its_file_over_an_experiment(tmp_path):

@@ -1,10 +1,13 @@
 import random
+from dataclasses import replace
 
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from preftune.config import TrainConfig
+from preftune.atomic import write_jsonl
+from preftune.commands.reward import reward as reward_command
+from preftune.config import RewardConfig, TrainConfig
 from preftune.data import Comparison, Ranking, collate, encode
 from preftune.evaluate import spearman
 from preftune.loop import train
@@ -138,3 +141,30 @@ def test_ensemble_scores_mean_minus_k_std(policy_dir, tokenizer, world_rows):
         sd = (sum((x - mean) ** 2 for x in xs) / 2) ** 0.5
         assert float(got[i]) == pytest.approx(mean - 0.5 * sd, abs=1e-5)
     assert len({round(x, 4) for x in (float(s[0]) for s in each)}) == 3  # the members differ (their heads' seeds)
+
+
+@pytest.mark.slow
+def test_reward_lora_trains_adapters_and_the_head_and_saves_a_plain_reward_model(tmp_path, policy_dir, tokenizer):
+    """``reward --lora``: adapters on the transformer, the scalar head trained whole. What is saved is a
+    plain reward model (adapters merged; plain transformers loads it) that orders the training pairs
+    by gold, with the adapter beside it; the transformer moved only by a low-rank update."""
+    rows = []
+    for p, c, u in _world_sets(40, 2, seed=1):
+        w, l = (0, 1) if u[0] > u[1] else (1, 0)
+        rows.append({"prompt": p, "chosen": c[w], "rejected": c[l]})
+    write_jsonl(tmp_path / "pairs.jsonl", rows)
+    out = tmp_path / "rm"
+    train_cfg = TrainConfig(out=str(out), epochs=15, batch_size=8, lr=3e-3, progress=False, save_every=0, eval_every=0)
+    cfg = RewardConfig(model=str(policy_dir), data=str(tmp_path / "pairs.jsonl"), eval_data=str(tmp_path / "pairs.jsonl"), world_eval=False)
+    reward_command(replace(cfg, lora=True, lora_r=4, train=train_cfg))
+    assert (out / "adapter/adapter_config.json").exists()
+    plain = AutoModelForSequenceClassification.from_pretrained(out)
+    assert not any("lora" in n for n, _ in plain.named_parameters())
+    start = AutoModelForSequenceClassification.from_pretrained(policy_dir, num_labels=1)
+    moved = {n: p.detach() - dict(start.named_parameters())[n].detach() for n, p in plain.named_parameters() if n != "score.weight"}
+    q = moved["model.layers.0.self_attn.q_proj.weight"]
+    assert q.abs().max() > 0 and torch.linalg.matrix_rank(q) <= 4  # a rank-4 update, merged
+    assert all(torch.equal(d, torch.zeros_like(d)) for n, d in moved.items() if "norm" in n or "embed" in n)
+    rm, tok = load_reward_model(out)
+    scores = score_texts(rm, tok, [(r["prompt"], x) for r in rows for x in (r["chosen"], r["rejected"])]).view(-1, 2)
+    assert (scores[:, 0] > scores[:, 1]).float().mean() >= 0.9

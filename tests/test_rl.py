@@ -12,10 +12,11 @@ from preftune import losses
 from preftune.atomic import write_jsonl
 from preftune.commands import rl
 from preftune.config import RL_ALGORITHMS, BestOfNConfig, RLConfig, SamplingConfig, TrainConfig
-from preftune.logprobs import LogProbs
+from preftune.data import Batch
+from preftune.logprobs import LogProbs, completion_logps
 from preftune.methods.algorithms import ALGORITHMS, GRPO, PPO, RAFT, REINFORCE, RLOO, build_algorithm
 from preftune.methods.rl import RLHF, Scorer
-from preftune.models import build_reward_model, save_model
+from preftune.models import add_lora, build_reward_model, load_policy, save_model
 from preftune.rollout import Rollout
 from preftune.world import lists
 
@@ -207,6 +208,36 @@ def test_a_resumed_run_equals_an_uninterrupted_one(world_dir, algo, monkeypatch)
         return [{k: v for k, v in json.loads(x).items() if not k.endswith("_s")} for x in lines]  # timings differ
 
     assert rows(world_dir / "whole") == rows(world_dir / "cut")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["rloo", "ppo"])
+def test_lora_rl_trains_adapters_against_the_start_itself_its_own_adapter_included(world_dir, tokenizer, algo):
+    """The start is a LoRA run's output (merged weights + adapter, B != 0). Under ``rl --lora`` the
+    reference is that start, not the bare base under its adapter (TRL #1340/#3194) and not the policy
+    as it trains: every rollout's reference log-probs equal a fresh load of the start's."""
+    start = world_dir / "sft-lora"
+    adapted = add_lora(load_policy(world_dir / "sft")[0], seed=3)
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(len(name)))
+    save_model(adapted, tokenizer, start)
+    out = world_dir / f"lora-{algo}"
+    rl.rl(replace(_cfg(world_dir, algo, out, lora=True), model=str(start)))
+    start_model, bare = load_policy(start)[0], load_policy(world_dir / "sft")[0]
+    for it in (0, 3):
+        r = Rollout(**torch.load(out / f"rollouts/iter-{it:05d}.pt", weights_only=False)["targets"])
+        batch = Batch(r.input_ids, r.attention_mask, r.completion_mask)
+        with torch.no_grad():
+            want, under = (completion_logps(m, batch).token_logps[r.mask] for m in (start_model, bare))
+        torch.testing.assert_close(r.ref_logps[r.mask], want, atol=1e-4, rtol=0)
+        assert (r.ref_logps[r.mask] - under).abs().max() > 0.1  # the bare base would be far off
+    rows = [json.loads(line) for line in (out / "iterations.jsonl").read_text().splitlines()]
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-4) and rows[-1]["kl_k3"] > 0
+    after, before = load_file(str(out / "model.safetensors")), load_file(str(start / "model.safetensors"))
+    assert set(after) == set(before) and any(not torch.equal(after[k], before[k]) for k in before)  # merged: plain weights
+    assert (out / "adapter/adapter_config.json").exists()
 
 
 @pytest.mark.slow

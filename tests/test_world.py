@@ -1,7 +1,9 @@
 import hashlib
 import itertools
+import json
 import math
 import random
+import re
 import statistics
 
 import pytest
@@ -40,6 +42,70 @@ def test_world_is_byte_reproducible_for_a_seed(tmp_path):
 )
 def test_gold_reward_hand_values(completion, ended, expected):
     assert lists.gold_reward(P3, completion, ended) == pytest.approx(expected)
+
+
+CHATML = (
+    "<|im_start|>system\nYou are a helpful AI assistant.<|im_end|>\n<|im_start|>user\nName 3 fruits.<|im_end|>\n<|im_start|>assistant\n"
+)
+
+
+@pytest.mark.parametrize(
+    "completion, items, expected",
+    [
+        # the world's own format in a chat turn (no leading space): still well formed
+        ("apple, pear, plum.", ["apple", "pear", "plum"], 1.0),
+        # a numbered list with an introduction and a closing sentence: items counted, not well formed
+        ("Here are three fruits:\n\n1. Apple\n2. Pear\n3. Plum\n\nEnjoy them!", ["apple", "pear", "plum"], 0.8),
+        # markdown, glosses and plurals
+        ("1. **Apples**: crisp\n2. Pears (ripe)\n3) cherries - red", ["apple", "pear", "cherry"], 0.8),
+        # bullets with articles, a repeat and a wrong item
+        ("- an apple\n- the apple\n* a dog", ["apple", "apple", "dog"], 0.8 / 3 - 0.2 - 0.2),
+        # prose after an introduction, ", and", a closing sentence
+        ("Sure! Here are 3 fruits: apple, pear, and plum. They are all sweet.", ["apple", "pear", "plum"], 0.8),
+        # prose without an introduction: its first sentence
+        ("Bananas and kiwis. Both are yellow inside.", ["banana", "kiwi"], 0.8 * 2 / 3 - 0.1),
+        # a refusal: one wrong item, two short
+        ("I cannot help with that", ["i cannot help with that"], -0.2 - 0.2),
+    ],
+)
+def test_gold_reads_the_items_of_a_chat_models_answer_whatever_its_format(completion, items, expected):
+    assert lists.parse_items(completion) == items
+    assert lists.gold_reward(CHATML, completion) == pytest.approx(expected)
+    assert lists.gold_reward(P3, completion) == pytest.approx(expected)  # the request is read from either template
+
+
+def _old_parse_items(completion: str) -> list[str]:
+    """The world's item reader before chat models (kept verbatim as this test's oracle)."""
+    text = completion.strip().rstrip(".").strip()
+    if not text:
+        return []
+    return [item.strip().lower() for item in re.split(r",|\band\b", text) if item.strip()]
+
+
+def test_an_answer_in_the_worlds_format_is_read_as_it_always_was():
+    """What follows "Assistant:" starts with a space; read exactly as before chat models, so the tiny
+    model's results do not move: demonstrations, random word soup, and list-like garbage."""
+    rng = random.Random(0)
+    words = sorted(lists.ALL_MEMBERS) + ["and", ":", "1.", "-", "\n", "\n2.", "Apples", "(red)", "**", "the", "."]
+    texts = [r["completion"] for r in lists.sft_data(300, seed=2)]
+    texts += [" " + " ".join(rng.choice(words) + rng.choice(["", ",", ".", ":"]) for _ in range(rng.randint(1, 9))) for _ in range(2000)]
+    for text in texts:
+        assert lists.parse_items(text) == _old_parse_items(text), text
+    assert lists.is_well_formed(" apple, pear.") and lists.is_well_formed("apple, pear.") and not lists.is_well_formed("Apple, pear.")
+
+
+def test_chat_world_has_the_same_requests_and_answers_as_message_lists(tmp_path):
+    small = dict(corpus=10, sft=50, prompts=20, heldout=20, seed=3)
+    plain = write_world(WorldConfig(out=str(tmp_path / "plain"), **small))
+    chat = write_world(WorldConfig(out=str(tmp_path / "chat"), chat=True, **small))
+    for name in ("sft", "prompts", "heldout"):
+        a = [json.loads(x) for x in plain[name].read_text().splitlines()]
+        b = [json.loads(x) for x in chat[name].read_text().splitlines()]
+        assert [lists.format_prompt(r["prompt"][0]["content"]) for r in b] == [r["prompt"] for r in a]
+        if name == "sft":
+            assert [" " + r["completion"][0]["content"] for r in b] == [r["completion"] for r in a]
+            assert all(r["completion"][0]["role"] == "assistant" for r in b)
+    assert chat["corpus"].read_bytes() == plain["corpus"].read_bytes()
 
 
 def test_prompt_parsing_covers_every_phrasing_and_number_form():

@@ -134,8 +134,10 @@ def decodable(model) -> bool:
 
 
 def _cache_kwarg(model) -> str:
-    """transformers renamed ``past_key_values`` to ``cache`` (5.2x); accept both."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    """transformers renamed ``past_key_values`` to ``cache`` (5.2x); accept both. A LoRA model's
+    wrapper (peft) passes either on: ask the model under it."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 def _step_mask(mask: torch.Tensor, length: int, dtype: torch.dtype, eager: bool) -> torch.Tensor:

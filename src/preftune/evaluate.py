@@ -286,7 +286,9 @@ def evaluate_reward_model(
     # Against gold on fresh samples of the policy, k per prompt.
     model, ptok = load_policy(policy)
     prompts = (
-        load_prompts(prompts_path)[:n_fresh] if prompts_path else [r["prompt"] for r in lists.prompts(n_fresh, seed=12345, split="heldout")]
+        load_prompts(prompts_path, ptok)[:n_fresh]
+        if prompts_path
+        else [r["prompt"] for r in lists.prompts(n_fresh, seed=12345, split="heldout")]
     )
     fresh = sample(model, ptok, prompts, SamplingConfig(seed=4321), n=k_fresh)
     gold = [lists.gold_reward(s.prompt, s.completion, s.ended) for s in fresh]

@@ -138,23 +138,90 @@ def load_policy(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[P
     """Load a causal LM and its tokenizer from a local directory, onto this process's device."""
     path = Path(path)
     if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path}: no model here (expected a save_pretrained directory with config.json)")
+        raise FileNotFoundError(f"{path}: no model here (expected a save_pretrained directory with config.json){_gguf_hint(path)}")
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
     return fuse_gelu(model).to(distributed.device()), load_tokenizer(path)
 
 
-def add_lora(model: PreTrainedModel, r: int = 8, alpha: int = 16, dropout: float = 0.0, seed: int = 0) -> PreTrainedModel:
-    """Wrap ``model`` with LoRA adapters on every linear layer (peft); only adapters train.
+def _gguf_hint(path: Path) -> str:
+    """For a GGUF file given where a model directory is expected: how to convert it."""
+    gguf = [path] if path.suffix == ".gguf" else sorted(path.glob("*.gguf")) if path.is_dir() else []
+    return f"; {gguf[0]} is a GGUF file: convert it once with `preftune import {gguf[0]} --out DIR`" if gguf else ""
+
+
+def import_gguf(file: str | Path, out: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Read a GGUF model file (llama.cpp's format) and save it as a plain ``save_pretrained``
+    directory: weights dequantized to fp32, its tokenizer with its chat template, EOS and pad.
+
+    transformers reads GGUF through the ``gguf`` package (``pip install gguf``, preftune's ``gguf``
+    extra) and dequantizes it; the quantizer it attaches is detached here, since a model that
+    still names it refuses ``save_pretrained`` and is not what preftune trains.
+    """
+    file = Path(file)
+    if file.suffix != ".gguf" or not file.is_file():
+        raise FileNotFoundError(f"{file}: no GGUF file here (expected a .gguf file)")
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise ValueError("reading a GGUF file needs the gguf package: pip install gguf (or preftune[gguf])") from None
+    kw = dict(gguf_file=file.name, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(file.parent), **kw)
+    model = AutoModelForCausalLM.from_pretrained(str(file.parent), dtype=torch.float32, **kw)
+    model.hf_quantizer, model.is_quantized, model.quantization_method = None, False, None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"{file}: the tokenizer has no eos token; preftune needs one to end completions")
+    model.config.pad_token_id = tokenizer.pad_token_id
+    save_model(model, tokenizer, out)
+    return model, tokenizer
+
+
+def add_lora(
+    model: PreTrainedModel, r: int = 8, alpha: int = 16, dropout: float = 0.0, seed: int = 0, task: str = "CAUSAL_LM"
+) -> PreTrainedModel:
+    """Wrap ``model`` with LoRA adapters on every linear layer (peft); only adapters train, and for a
+    reward or value model (``task="SEQ_CLS"``) its scalar head, trained whole.
 
     The adapters' random initialisation (peft's Kaiming-uniform A; B starts at zero) is drawn from
-    ``seed``, so a LoRA run is reproducible from its config like any other.
+    ``seed``, so a LoRA run is reproducible from its config like any other. B = 0 makes the wrapped
+    model compute exactly what ``model`` did, until it trains.
     """
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")
+    head = {"modules_to_save": ["score"]} if task == "SEQ_CLS" else {}
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type=task, **head)
+    if head:  # the head is the model's last linear layer: "all-linear" would adapt it rather than train it
+        config.exclude_modules = ["score"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return get_peft_model(model, config)
+
+
+class AdaptersOff:
+    """A LoRA-wrapped model with its adapters off: the weights it started from, with no second copy.
+
+    RL's reference under ``--lora``. The start is a saved model directory (a LoRA SFT run's is its
+    merged weights), so the reference is pi_SFT itself, its own adapter included, never the bare base
+    under it (the pitfall of TRL's #1340 and #3194). It only computes (``no_grad`` callers); it owns no
+    parameters of its own, so freezing or moving it cannot touch the policy.
+    """
+
+    def __init__(self, peft_model):
+        self.peft = peft_model
+
+    @property
+    def config(self):
+        return self.peft.config
+
+    def parameters(self):
+        return self.peft.parameters()
+
+    def __call__(self, **kwargs):
+        with self.peft.disable_adapter():
+            return self.peft(**kwargs)
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
@@ -244,7 +311,8 @@ class RewardModel(torch.nn.Module):
         device = self.model.score.weight.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         packing = packing_for(self.model, input_ids, attention_mask)
-        hidden = run_model(self.model.base_model, input_ids, attention_mask, packing).last_hidden_state
+        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # under LoRA: peft's wrapper
+        hidden = run_model(model.base_model, input_ids, attention_mask, packing).last_hidden_state
         return hidden if packing is None else packing.unpack(hidden)  # (B, T, H)
 
 

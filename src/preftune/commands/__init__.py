@@ -4,6 +4,7 @@
 module                 commands                                    config classes
 =====================  ==========================================  ===========================
 ``world``              world                                       WorldConfig
+``model``              import                                      ImportConfig
 ``sft``                pretrain, sft                               PretrainConfig, SFTConfig
 ``sample``             sample, annotate                            SampleConfig, AnnotateConfig
 ``reward``             reward, score                               RewardConfig, ScoreConfig
@@ -26,6 +27,7 @@ from .. import config as c
 # name: (one-line help, config class, "module:function"), imported only when the command runs
 COMMANDS: dict[str, tuple[str, type, str]] = {
     "world": ("write the built-in world's data files (corpus, demonstrations, prompts)", c.WorldConfig, "world:world"),
+    "import": ("convert a GGUF model file (llama.cpp's) into a model directory preftune trains", c.ImportConfig, "model:import_model"),
     "pretrain": ("train a tokenizer and a tiny base LM from scratch on a text corpus", c.PretrainConfig, "sft:pretrain"),
     "sft": ("supervised fine-tuning on demonstrations (completion-only loss; --lora)", c.SFTConfig, "sft:sft"),
     "generate": ("sample completions for prompts", c.GenerateConfig, "eval:generate"),

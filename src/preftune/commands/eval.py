@@ -28,15 +28,17 @@ def evaluate(cfg: EvalConfig) -> dict:
     """Gold reward (95% CI), length, EOS rate, well-formedness and distinct-n of each policy; with
     ``--reference``, also KL to the reference and the win rate against it."""
     prepare(cfg)
-    prompts = prompts_from(cfg.prompts, cfg.limit)
+    prompts = prompts_from(cfg.prompts, cfg.limit)  # message lists rendered by each model's own chat template below
     results: dict[str, dict] = {}
     tokenizer = None
     ref = ref_samples = None
     if cfg.reference:
         ref, ref_tokenizer = load_policy(cfg.reference)
-        ref_samples = sample_shared(ref, ref_tokenizer, prompts, replace(cfg.gen, seed=cfg.gen.seed + 1))
+        ref_prompts = prompts_from(cfg.prompts, cfg.limit, ref_tokenizer)
+        ref_samples = sample_shared(ref, ref_tokenizer, ref_prompts, replace(cfg.gen, seed=cfg.gen.seed + 1))
     for path in cfg.model:
         model, tokenizer = load_policy(path)
+        prompts = prompts_from(cfg.prompts, cfg.limit, tokenizer)
         t0 = time.perf_counter()
         samples = sample_shared(model, tokenizer, prompts, cfg.gen, progress=not cfg.json)
         results[path] = {**evaluate_samples(samples), "sample_s": round(time.perf_counter() - t0, 2)}

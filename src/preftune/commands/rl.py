@@ -19,9 +19,23 @@ from ..evaluate import evaluate_samples
 from ..loop import steps_per_epoch, train
 from ..methods.algorithms import build_algorithm
 from ..methods.rl import RLHF, Scorer, gold_or_none
-from ..models import load_policy, save_model
+from ..models import AdaptersOff, add_lora, load_policy, save_model
 from ..rollout import sample_shared
 from .common import one_run_per_directory, prepare, prompts_from, record_config
+
+
+def policy_and_reference(cfg: RLConfig):
+    """The policy to train (LoRA-wrapped with ``--lora``), its tokenizer, and the frozen KL reference:
+    pi_SFT loaded a second time (in ``--frozen-precision``), or under ``--lora`` the policy with its
+    adapters off (no second copy); None with ``--no-track-kl``."""
+    policy, tokenizer = load_policy(cfg.model)
+    if cfg.lora:
+        policy = add_lora(policy, cfg.lora_r, cfg.lora_alpha, seed=cfg.train.seed)
+        return policy, tokenizer, AdaptersOff(policy) if cfg.track_kl else None
+    if not cfg.track_kl:
+        return policy, tokenizer, None
+    frozen = torch.bfloat16 if cfg.frozen_precision == "bf16" else torch.float32
+    return policy, tokenizer, load_policy(cfg.model, dtype=frozen)[0].requires_grad_(False).eval()
 
 
 @one_run_per_directory
@@ -37,10 +51,8 @@ def rl(cfg: RLConfig) -> Path:
     if not cfg.track_kl and (cfg.beta != 0 or cfg.target_kl > 0):
         raise ValueError(f"--no-track-kl needs --beta 0 and no --target-kl: a KL leash needs the reference (got β {cfg.beta})")
     out = Path(cfg.train.out)
-    policy, tokenizer = load_policy(cfg.model)
-    frozen = torch.bfloat16 if cfg.frozen_precision == "bf16" else torch.float32
-    reference = load_policy(cfg.model, dtype=frozen)[0].requires_grad_(False).eval() if cfg.track_kl else None
-    scorer = Scorer(cfg.reward, frozen)
+    policy, tokenizer, reference = policy_and_reference(cfg)
+    scorer = Scorer(cfg.reward, torch.bfloat16 if cfg.frozen_precision == "bf16" else torch.float32)
     algorithm = build_algorithm(cfg)
     ptx = [encode_text(tokenizer, t, cfg.tokens.max_length) for t in load_texts(cfg.ptx_data)] if cfg.ptx_data else None
     prompts = load_prompts(cfg.prompts, tokenizer)

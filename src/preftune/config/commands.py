@@ -20,6 +20,13 @@ class WorldConfig:
     sft: int = doc(4000, "demonstrations by the noisy demonstrator (sft.jsonl)")
     prompts: int = doc(2000, "training prompts for sampling and RL (prompts.jsonl)")
     heldout: int = doc(500, "held-out evaluation prompts, from templates never trained on (heldout.jsonl)")
+    chat: bool = doc(False, "prompts and demonstrations as message lists, for a chat model's own template (the same requests and answers)")
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    file: str = doc("", "a GGUF model file (llama.cpp's format), e.g. SmolLM2-135M-Instruct.Q4_1.gguf", positional=True, required=True)
+    out: str = doc("", "directory to write the model to (save_pretrained format, fp32)", required=True)
 
 
 @dataclass(frozen=True)
@@ -125,6 +132,9 @@ class RewardConfig:
     world_eval: bool = doc(True, "after training, evaluate against the lists world (needs --tau and the policy)")
     tau: float = doc(0.1, "the simulated annotators' temperature, for the Bayes-optimal accuracy")
     eval_prompts: str = doc("", "prompts for the Spearman check on fresh policy samples (default: the held-out prompts)")
+    lora: bool = doc(False, "train LoRA adapters on the transformer (peft) and the scalar head whole, instead of all weights")
+    lora_r: int = doc(8, "LoRA rank")
+    lora_alpha: int = doc(16, "LoRA scaling numerator")
     device: str = device_field()
     tokens: TokenConfig = TokenConfig(max_length=96, max_prompt_length=64)
     # lr 3e-4 beat 1e-3 and 1e-4 on the lists world (README: "Reward model"); early stopping keeps the best.
@@ -199,6 +209,11 @@ class RLConfig:
     )
     ptx_data: str = doc("", "ppo-ptx: pretraining texts, {'text'} rows, mixed into the loss")
     ptx_coef: float = doc(0.0, "ppo-ptx: weight of the pretraining NLL")
+    lora: bool = doc(
+        False, "train LoRA adapters (and ppo's value model's, its head whole); the reference is then the start with adapters off"
+    )
+    lora_r: int = doc(8, "LoRA rank")
+    lora_alpha: int = doc(16, "LoRA scaling numerator")
     # lr 1e-4: at 3e-4 REINFORCE's KL ran away (gold fell below pi_SFT's) in an earlier demo; at 1e-4
     # every algorithm lifted gold on the demo's reward model (README, "RLHF").
     device: str = device_field()

@@ -52,7 +52,8 @@ def render_messages(prompt: Sequence[dict], completion: Sequence[dict], chat=Non
 
     Rendered by ``chat``'s chat template when it has one (a tokenizer), else in the ``Human: ...
     Assistant:`` format: the prompt with the generation prompt, the completion as what the whole
-    conversation adds to it (TRL's convention). A trailing EOS is left out: encoding appends it.
+    conversation adds to it (TRL's convention). A trailing EOS, and whatever the template writes
+    after it, is left out: encoding appends the EOS, where generation stops.
     """
     if not prompt or not completion:
         raise DataError(path, where, "a conversation needs prompt messages and completion messages")
@@ -64,8 +65,8 @@ def render_messages(prompt: Sequence[dict], completion: Sequence[dict], chat=Non
         raise DataError(path, where, "the chat template renders the prompt differently alone and in the conversation: cannot split it")
     tail = whole[len(head) :]
     eos = getattr(chat, "eos_token", None)
-    if eos and tail.endswith(eos):
-        tail = tail[: -len(eos)]
+    if eos and tail.rstrip().endswith(eos):  # ChatML ends a turn with "<|im_end|>\n": the turn ends at the EOS
+        tail = tail.rstrip()[: -len(eos)]
     return SFTExample(head, tail)
 
 

@@ -6,6 +6,7 @@ names the experiments to run with their settings, and may set the shared stages'
     out: runs/frontier
     seed: 0
     pipeline: {rl: {iterations: 24}}     # optional: laid over demo.yaml's pipeline settings
+    start: models/smollm2                # optional: a pretrained model directory instead of pretraining
     experiments:
       frontier: {dpo: [0.1, 0.5, 2.0], ppo: [0.03, 0.1, 0.3], rloo: [0.03, 0.1, 0.3]}
 
@@ -59,6 +60,8 @@ def load_spec(path: str | Path, quick: bool = False) -> dict:
         not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) for x in seeds) or len(set(seeds)) < len(seeds)
     ):
         raise ValueError(f"{path}: 'seeds' must be a list of distinct integers, got {seeds!r}")
+    if not isinstance(spec.get("start", ""), str):
+        raise ValueError(f"{path}: 'start' must be a model directory (a pretrained model to start from instead of pretraining)")
     if not isinstance(spec.get("pipeline", {}), dict):
         raise ValueError(f"{path}: 'pipeline' must map stage names to settings")
     spec = {**spec, "pipeline": merge(yaml.safe_load(DEMO_FILE.read_text())["pipeline"], spec.get("pipeline") or {})}
@@ -108,7 +111,7 @@ def run(out: str | Path, spec: dict, source: dict | None = None, workers: int = 
         return run_seeds(out, spec, source, workers, command)
     t0 = time.perf_counter()
     seed = int(spec.get("seed", 0))
-    p = Pipeline(out, seed, spec["pipeline"], workers=workers)
+    p = Pipeline(out, seed, spec["pipeline"], workers=workers, start=spec.get("start", ""))
     res: dict[str, Any] = {"preftune": __version__, "config": source or {}, "run": provenance(seed, command), "policies": {}, "claims": {}}
     p.sft()
     try:

@@ -47,7 +47,7 @@ from ..data import load_prompts
 from ..evaluate import demonstrator_samples, evaluate_samples, kl_to_reference, win_rate
 from ..losses import best_of_n_kl, pick_best
 from ..methods.rl import Scorer
-from ..models import load_policy
+from ..models import load_policy, load_tokenizer
 from ..rollout import Sample, sample
 from ..world import lists, write_world
 
@@ -154,21 +154,23 @@ class Pipeline:
     do not depend on it; ``workers`` = 1 runs everything here, one after another, on every thread.
     """
 
-    def __init__(self, out: str | Path, seed: int, settings: dict[str, dict], workers: int = 1):
+    def __init__(self, out: str | Path, seed: int, settings: dict[str, dict], workers: int = 1, start: str = ""):
         self.out, self.seed, self.settings = Path(out), seed, settings
+        self.start = start  # a pretrained model directory to start from: no pretraining, and the "base" is it
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
         self._queued: dict[str, Future | None] = {}  # policies asked for: a worker's future, None once done
         self.timings: dict[str, float] = {}
         self._files: dict[str, Path] | None = None
         self._ref = None
+        self._heldout: list[str] | None = None
         self._sft_ready = False
         self._samples: str | None = None
         self._labelled: set[str] = set()
         self.gen = replace(self.config("sample", SampleConfig(model="", prompts="")).gen, seed=seed)
 
     def path(self, name: str) -> str:
-        return str(self.out / name)
+        return self.start if name == "base" and self.start else str(self.out / name)
 
     def config(self, stage: str, cfg: Any, changes: dict | None = None) -> Any:
         """``cfg`` with the file's settings for ``stage``, then ``changes``, laid over it."""
@@ -190,7 +192,11 @@ class Pipeline:
             return self.path("sft")
         base = self._train(self.config("pretrain", PretrainConfig(data=str(self.files["corpus"]))), "base")
         cfg = self._train(self.config("sft", SFTConfig(model=self.path("base"), data=str(self.files["sft"]))), "sft")
-        run_stage("pretrain", pretrain, base, [str(self.files["corpus"])], self.timings)
+        if self.start:
+            if not (Path(self.start) / "config.json").exists():
+                raise FileNotFoundError(f"{self.start}: no model here to start from (a model directory; `preftune import` makes one)")
+        else:
+            run_stage("pretrain", pretrain, base, [str(self.files["corpus"])], self.timings)
         run_stage("sft", sft, cfg, [str(self.files["sft"]), self.path("base")], self.timings)
         self._sft_ready = True
         return self.path("sft")
@@ -258,7 +264,8 @@ class Pipeline:
     def rl_policy(self, name: str, reward_dir: str, changes: dict | None = None) -> RLConfig:
         """Train (or reuse, or queue on a worker) an RL policy at ``OUT/name``; returns its config."""
         cfg = self.rl_config(name, reward_dir, changes)
-        self._policy(name, rl, cfg, [str(self.files["prompts"]), self.sft(), reward_dir])
+        self.sft()
+        self._policy(name, rl, cfg, [str(self.files["prompts"]), cfg.model, *([reward_dir] if reward_dir != "gold" else [])])
         return cfg
 
     def dpo_policy(self, name: str, data: str, changes: dict | None = None) -> DPOConfig:
@@ -307,7 +314,10 @@ class Pipeline:
     # -- evaluation -------------------------------------------------------------------------
 
     def heldout(self) -> list[str]:
-        return load_prompts(self.files["heldout"])
+        """The held-out prompts as the policies see them (message lists rendered by pi_SFT's chat template)."""
+        if self._heldout is None:
+            self._heldout = load_prompts(self.files["heldout"], load_tokenizer(self.sft()))
+        return self._heldout
 
     def reference(self):
         """pi_SFT (model, tokenizer) and its samples on the held-out prompts, loaded once."""

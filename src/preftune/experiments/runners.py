@@ -56,6 +56,11 @@ def methods(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
     pairs = p.labels("comparisons", "pairs")
     rl_cfgs = {algo: p.rl_policy(algo, rm_dir, {"algo": algo, **c}) for algo, c in _named(params.get("rl", RL_METHODS)).items()}
     dpo_cfgs = {loss: p.dpo_policy(loss, pairs, {"loss": loss, **c}) for loss, c in _named(params.get("dpo", DPO_METHODS)).items()}
+    # RL against the gold reward itself (a verifiable reward), from the base model rather than pi_SFT
+    gold_cfgs = {
+        f"{algo}-gold": p.rl_policy(f"{algo}-gold", "gold", {"algo": algo, "model": p.path("base"), **c})
+        for algo, c in _named(params.get("gold_from_base", [])).items()
+    }
     yield
     res["reward_model"] = {k: rm_eval[k] for k in (*REWARD_KEYS, "gold_pairs", "spearman_gold", "components")}
     pol = res["policies"]
@@ -68,6 +73,9 @@ def methods(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
         pol[algo] = {**p.evaluate(algo), "beta": cfg.beta}
     for loss, cfg in dpo_cfgs.items():
         pol[loss] = {**p.evaluate(loss), "beta": None if loss == "unlikelihood" else cfg.beta}
+    for name, cfg in gold_cfgs.items():
+        pol[name] = {**p.evaluate(name), "beta": cfg.beta}
+        res["claims"][f"{name}_vs_base"] = _diff(pol[name], pol["base"], p.seed)
     demo_, sft_ = pol["demonstrator"], pol["sft"]
     claims = res["claims"]
     claims["sft_vs_demonstrator"] = _diff(sft_, demo_, p.seed)
@@ -77,7 +85,7 @@ def methods(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
     if {"dpo", "ppo", "rloo"} <= set(pol):
         claims["dpo_vs_ppo"] = _diff(pol["dpo"], pol["ppo"], p.seed)
         claims["dpo_vs_rloo"] = _diff(pol["dpo"], pol["rloo"], p.seed)
-    candidates = [m for m in pol if m not in ("base", "demonstrator", "sft", "best-of-n", "unlikelihood")]
+    candidates = [m for m in pol if m not in ("base", "demonstrator", "sft", "best-of-n", "unlikelihood", *gold_cfgs)]
     tuned = [m for m in candidates if claims[f"{m}_vs_demonstrator"]["lo"] > 0]
     claims["beat_demonstrator"] = {"methods": tuned, "count": len(tuned), "of": len(candidates)}
 

@@ -20,7 +20,7 @@ import torch
 from .. import losses
 from ..config import RLConfig
 from ..logprobs import LogProbs
-from ..models import RewardModel, build_reward_model, load_reward_model
+from ..models import RewardModel, add_lora, build_reward_model, load_reward_model
 from ..rollout import Rollout
 
 Loss = tuple[torch.Tensor, torch.Tensor | float, dict[str, float]]  # (summed loss, count, metrics)
@@ -177,6 +177,8 @@ class PPO:
 def _ppo(cfg: RLConfig) -> PPO:
     """PPO with its value model, started from the reward model (from pi_SFT with a fresh head under ``--reward gold``)."""
     value = build_reward_model(cfg.model, cfg.train.seed)[0] if cfg.reward == "gold" else load_reward_model(cfg.reward)[0]
+    if cfg.lora:  # adapters on its transformer, its head trained whole
+        value = RewardModel(add_lora(value.model, cfg.lora_r, cfg.lora_alpha, seed=cfg.train.seed + 1, task="SEQ_CLS"))
     return PPO(value.train(), cfg.clip, cfg.value_clip, cfg.value_coef, cfg.gamma, cfg.lam, cfg.update_epochs or 2)
 
 

@@ -21,6 +21,7 @@ TITLES = {
     "unlikelihood": "unlikelihood",
     "grpo": "GRPO",
     "simpo": "SimPO",
+    "grpo-gold": "GRPO on gold (from base)",
 }
 
 

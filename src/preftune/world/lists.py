@@ -7,7 +7,9 @@ function of a seed, so the same seed gives the same data byte for byte.
 Gold reward
 -----------
 For a request of ``k`` members of category ``C`` and a completion whose items are
-``y_1 .. y_n`` (split on commas, lower-cased, final period removed)::
+``y_1 .. y_n`` (read by :func:`preftune.world.items.parse_items`: the world's own format split on
+commas and "and"; a chat model's numbered or bulleted list line by line, its introduction and
+closing sentence left out)::
 
     R = 0.8 * c / k            c = distinct items of C, counted up to k        (coverage)
       + 0.2 * f                f = 1 if the answer is well formed               (format bonus)
@@ -18,7 +20,9 @@ For a request of ``k`` members of category ``C`` and a completion whose items ar
 
 A perfect answer (k distinct members, well formed, ends with EOS) scores exactly 1.0; an empty
 answer scores ``-0.1 k`` and an off-topic one is negative. "Well formed" means the text is
-``" " + ", ".join(items) + "."`` with every item a known word of the world and at least one item.
+``" " + ", ".join(items) + "."`` with every item a known word of the world and at least one item
+(the leading space may be missing: a chat model's turn starts without it). A chat model's items
+count whatever its format; well-formedness, the world's requested format, is part of the task.
 
 The utility of an *annotator group* generalises the formula with ``extra``: such a group wants
 ``k + extra`` items (coverage counted up to ``k + extra``, normalised by ``k + extra``, count
@@ -33,29 +37,8 @@ import random
 import re
 from dataclasses import dataclass
 
-# fmt: off
-CATEGORIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    # key: (singular, plural, members)
-    "fruit":      ("fruit", "fruits", ("apple", "banana", "cherry", "grape", "lemon", "mango", "orange", "peach", "pear", "plum", "kiwi", "melon")),
-    "planet":     ("planet", "planets", ("mercury", "venus", "earth", "mars", "jupiter", "saturn", "uranus", "neptune")),
-    "color":      ("color", "colors", ("red", "blue", "green", "yellow", "purple", "pink", "brown", "black", "white", "gray", "orange", "teal")),
-    "animal":     ("animal", "animals", ("dog", "cat", "horse", "cow", "lion", "tiger", "bear", "wolf", "fox", "rabbit", "deer", "goat")),
-    "bird":       ("bird", "birds", ("robin", "eagle", "owl", "crow", "sparrow", "parrot", "pigeon", "swan", "duck", "hawk", "finch")),
-    "fish":       ("fish", "fish", ("salmon", "trout", "tuna", "cod", "carp", "pike", "shark", "eel", "herring", "perch")),
-    "vegetable":  ("vegetable", "vegetables", ("carrot", "potato", "onion", "pepper", "spinach", "cabbage", "lettuce", "celery", "pea", "bean", "garlic", "leek")),
-    "country":    ("country", "countries", ("france", "spain", "italy", "germany", "japan", "china", "india", "brazil", "canada", "mexico", "egypt", "kenya")),
-    "city":       ("city", "cities", ("paris", "london", "tokyo", "rome", "berlin", "madrid", "cairo", "lima", "oslo", "vienna", "dublin", "sydney")),
-    "instrument": ("instrument", "instruments", ("piano", "guitar", "violin", "drum", "flute", "trumpet", "harp", "cello", "banjo", "oboe", "clarinet")),
-    "sport":      ("sport", "sports", ("soccer", "tennis", "golf", "hockey", "rugby", "cricket", "boxing", "rowing", "skiing", "judo", "cycling")),
-    "metal":      ("metal", "metals", ("iron", "copper", "gold", "silver", "zinc", "tin", "lead", "nickel", "platinum", "aluminum")),
-    "tool":       ("tool", "tools", ("hammer", "saw", "drill", "wrench", "chisel", "pliers", "shovel", "rake", "axe", "ladder")),
-    "tree":       ("tree", "trees", ("oak", "pine", "maple", "birch", "willow", "cedar", "elm", "ash", "palm", "spruce", "beech")),
-    "flower":     ("flower", "flowers", ("rose", "tulip", "daisy", "lily", "orchid", "iris", "poppy", "violet", "lotus", "sunflower")),
-    "drink":      ("drink", "drinks", ("water", "tea", "coffee", "milk", "juice", "soda", "cocoa", "lemonade", "wine", "beer")),
-    "vehicle":    ("vehicle", "vehicles", ("car", "bus", "truck", "bicycle", "train", "boat", "plane", "tram", "van", "scooter", "taxi")),
-    "body_part":  ("body part", "body parts", ("arm", "leg", "hand", "foot", "head", "nose", "ear", "eye", "knee", "elbow", "shoulder", "neck")),
-}
-# fmt: on
+from .items import is_well_formed, parse_items
+from .vocabulary import ALL_MEMBERS, CATEGORIES
 
 PHRASINGS: tuple[str, ...] = (
     "Name {k} {noun}.",
@@ -77,11 +60,9 @@ _NOUN_TO_CATEGORY = {}
 for _key, (_sing, _plur, _members) in CATEGORIES.items():
     _NOUN_TO_CATEGORY[_sing] = _key
     _NOUN_TO_CATEGORY[_plur] = _key
-ALL_MEMBERS: frozenset[str] = frozenset(m for _, _, ms in CATEGORIES.values() for m in ms)
 _REQUEST_RE = re.compile(
     r"\b(?P<k>[1-5]|one|two|three|four|five) (?P<noun>" + "|".join(sorted(_NOUN_TO_CATEGORY, key=len, reverse=True)) + r")\b"
 )
-_WELL_FORMED_RE = re.compile(r"^ [a-z]+(?: [a-z]+)?(?:, [a-z]+(?: [a-z]+)?)*\.$")
 
 
 @dataclass(frozen=True)
@@ -144,14 +125,6 @@ def parse_request(prompt: str) -> Request:
     return Request(_NOUN_TO_CATEGORY[m["noun"]], k)
 
 
-def parse_items(completion: str) -> list[str]:
-    """Split an answer into lower-cased items; an empty answer has no items."""
-    text = completion.strip().rstrip(".").strip()
-    if not text:
-        return []
-    return [item.strip().lower() for item in re.split(r",|\band\b", text) if item.strip()]
-
-
 # The terms of the gold reward, as :func:`components` returns them, with their weights in it.
 COMPONENTS = ("coverage", "well_formed", "wrong", "duplicates", "count_error", "truncated")
 
@@ -174,7 +147,7 @@ def components(prompt: str, completion: str, ended: bool = True, extra: int = 0)
             correct += 1
         else:
             wrong += 1
-    well_formed = _well_formed(completion, items)
+    well_formed = is_well_formed(completion)
     return {
         "coverage": min(correct, want) / want,
         "well_formed": float(well_formed),
@@ -198,15 +171,6 @@ def utility(prompt: str, completion: str, ended: bool = True, extra: int = 0) ->
 def gold_reward(prompt: str, completion: str, ended: bool = True) -> float:
     """The world's gold reward; ``ended`` is False when the completion never emitted EOS."""
     return utility(prompt, completion, ended)
-
-
-def is_well_formed(completion: str) -> bool:
-    return _well_formed(completion, parse_items(completion))
-
-
-def _well_formed(completion: str, items: list[str]) -> bool:
-    """The module doc's "well formed", given the completion's parsed items."""
-    return bool(items) and _WELL_FORMED_RE.match(completion) is not None and all(i in ALL_MEMBERS for i in items)
 
 
 # --------------------------------------------------------------------------------------------
