@@ -38,21 +38,49 @@ def steps(d: str) -> list[tuple[str, list[str], str | None]]:
     dpo = ["--model", f"{d}/sft", "--data", f"{d}/pairs.jsonl", "--train.max-steps", "6", "--train.batch-size", "8", *TRAIN]
     out = [
         ("world", ["world", "--out", data, "--corpus", "1500", "--sft", "300", "--prompts", "120", "--heldout", "40"], None),
-        ("pretrain", ["pretrain", "--data", f"{data}/corpus.jsonl", "--train.out", f"{d}/base", "--train.max-steps", "12"]
-         + ["--tokens.max-length", "64", *TRAIN], None),
-        ("sft", ["sft", "--model", f"{d}/base", "--data", f"{data}/sft.jsonl", "--train.out", f"{d}/sft", "--train.max-steps", "10"]
-         + ["--tokens.max-length", "64", *TRAIN], None),
-        ("sft-lora", ["sft", "--model", f"{d}/base", "--data", f"{data}/sft.jsonl", "--train.out", f"{d}/sft-lora", "--lora"]
-         + ["--train.max-steps", "4", "--tokens.max-length", "64", *TRAIN], None),
-        ("generate", ["generate", "--model", f"{d}/sft", "--prompts", f"{data}/heldout.jsonl", "--limit", "6", "--n", "2", *gen]
-         + ["--out", f"{d}/generated.jsonl"], None),
-        ("sample", ["sample", "--model", f"{d}/sft", "--prompts", f"{data}/prompts.jsonl", "--limit", "48", "--k", "4", *gen]
-         + ["--out", f"{d}/samples.jsonl"], None),
+        (
+            "pretrain",
+            ["pretrain", "--data", f"{data}/corpus.jsonl", "--train.out", f"{d}/base", "--train.max-steps", "12"]
+            + ["--tokens.max-length", "64", *TRAIN],
+            None,
+        ),
+        (
+            "sft",
+            ["sft", "--model", f"{d}/base", "--data", f"{data}/sft.jsonl", "--train.out", f"{d}/sft", "--train.max-steps", "10"]
+            + ["--tokens.max-length", "64", *TRAIN],
+            None,
+        ),
+        (
+            "sft-lora",
+            ["sft", "--model", f"{d}/base", "--data", f"{data}/sft.jsonl", "--train.out", f"{d}/sft-lora", "--lora"]
+            + ["--train.max-steps", "4", "--tokens.max-length", "64", *TRAIN],
+            None,
+        ),
+        (
+            "generate",
+            ["generate", "--model", f"{d}/sft", "--prompts", f"{data}/heldout.jsonl", "--limit", "6", "--n", "2", *gen]
+            + ["--out", f"{d}/generated.jsonl"],
+            None,
+        ),
+        (
+            "sample",
+            ["sample", "--model", f"{d}/sft", "--prompts", f"{data}/prompts.jsonl", "--limit", "48", "--k", "4", *gen]
+            + ["--out", f"{d}/samples.jsonl"],
+            None,
+        ),
         ("annotate-pairs", ["annotate", "--simulated", "--samples", f"{d}/samples.jsonl", "--out", f"{d}/pairs.jsonl"], None),
-        ("annotate-rankings", ["annotate", "--simulated", "--samples", f"{d}/samples.jsonl", "--format", "rankings"]
-         + ["--minority", "0.3", "--out", f"{d}/rankings.jsonl"], None),
-        ("reward", ["reward", "--model", f"{d}/sft", "--data", f"{d}/rankings.jsonl", "--train.out", f"{d}/rm"]
-         + ["--train.max-steps", "8", "--train.eval-every", "4", "--eval-prompts", f"{data}/heldout.jsonl", *TRAIN], "reward.txt"),
+        (
+            "annotate-rankings",
+            ["annotate", "--simulated", "--samples", f"{d}/samples.jsonl", "--format", "rankings"]
+            + ["--minority", "0.3", "--out", f"{d}/rankings.jsonl"],
+            None,
+        ),
+        (
+            "reward",
+            ["reward", "--model", f"{d}/sft", "--data", f"{d}/rankings.jsonl", "--train.out", f"{d}/rm"]
+            + ["--train.max-steps", "8", "--train.eval-every", "4", "--eval-prompts", f"{data}/heldout.jsonl", *TRAIN],
+            "reward.txt",
+        ),
         ("score", ["score", "--reward", f"{d}/rm", "--data", f"{data}/sft.jsonl", "--out", f"{d}/scored.jsonl"], None),
         ("dpo", ["dpo", *dpo, "--train.out", f"{d}/dpo", "--train.eval-every", "3"], None),
         ("ipo", ["dpo", *dpo, "--train.out", f"{d}/ipo", "--loss", "ipo", "--beta", "0.1"], None),
@@ -63,13 +91,25 @@ def steps(d: str) -> list[tuple[str, list[str], str | None]]:
         ("reinforce", ["rl", *rl, "--algo", "reinforce", "--train.out", f"{d}/reinforce"], "reinforce.txt"),
         ("rloo", ["rl", *rl, "--algo", "rloo", "--train.out", f"{d}/rloo", "--kl-estimator", "k3"], "rloo.txt"),
         ("grpo", ["rl", *rl, "--algo", "grpo", "--train.out", f"{d}/grpo", "--beta", "0.0", "--no-track-kl"], "grpo.txt"),
-        ("ppo-ptx", ["rl", *rl, "--algo", "ppo", "--train.out", f"{d}/ppo", "--target-kl", "1.0", "--whiten-rewards"]
-         + ["--ptx-data", f"{data}/corpus.jsonl", "--ptx-coef", "0.1"], "ppo.txt"),
+        (
+            "ppo-ptx",
+            ["rl", *rl, "--algo", "ppo", "--train.out", f"{d}/ppo", "--target-kl", "1.0", "--whiten-rewards"]
+            + ["--ptx-data", f"{data}/corpus.jsonl", "--ptx-coef", "0.1"],
+            "ppo.txt",
+        ),
         ("rl-gold", ["rl", *rl, "--algo", "rloo", "--train.out", f"{d}/rloo-gold", "--reward", "gold"], "rloo-gold.txt"),
-        ("best-of-n", ["best-of-n", "--model", f"{d}/sft", "--reward", f"{d}/rm", "--prompts", f"{data}/heldout.jsonl"]
-         + ["--n", "4", "--limit", "8", *gen, "--out", f"{d}/best.jsonl", "--json"], "best-of-n.json"),
-        ("eval", ["eval", "--model", f"{d}/sft", f"{d}/dpo", f"{d}/rloo", "--reference", f"{d}/sft", "--prompts"]
-         + [f"{data}/heldout.jsonl", "--limit", "16", *gen, "--json"], "eval.json"),
+        (
+            "best-of-n",
+            ["best-of-n", "--model", f"{d}/sft", "--reward", f"{d}/rm", "--prompts", f"{data}/heldout.jsonl"]
+            + ["--n", "4", "--limit", "8", *gen, "--out", f"{d}/best.jsonl", "--json"],
+            "best-of-n.json",
+        ),
+        (
+            "eval",
+            ["eval", "--model", f"{d}/sft", f"{d}/dpo", f"{d}/rloo", "--reference", f"{d}/sft", "--prompts"]
+            + [f"{data}/heldout.jsonl", "--limit", "16", *gen, "--json"],
+            "eval.json",
+        ),
         ("memory", ["memory", "--model", f"{d}/sft", "--json"], "memory.json"),
         ("report-markdown", ["report", str(REPO / "results/demo.json"), "--markdown"], "report.md"),
         ("plot", ["plot", f"{d}/rloo", "--out", f"{d}/curves.png"], None),

@@ -3,7 +3,7 @@
 A block is ``<!-- NAME: ARGS -->`` ... ``<!-- /NAME -->``; its body is the output of
 ``preftune memory ARGS`` (NAME ``memory``, in a fenced block, the command named above it), the table
 of a saved ``make bench`` run (NAME ``bench``, ARGS its JSON file: ``python bench/run.py --render``),
-or the results of a saved run (NAME ``results``, ARGS its results file: ``preftune report FILE --markdown``).
+or the results of a saved run (NAME ``results``, ARGS its results file and any flags: ``preftune report FILE --markdown``).
 
     python scripts/render_readme.py           rewrite README.md in place
     python scripts/render_readme.py --check   exit 1 (and say which block) if README.md is stale
@@ -32,7 +32,7 @@ def render(text: str) -> str:
             table = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.rstrip()
             return f"<!-- {name}: {args} -->\n{table}\n<!-- /{name} -->\n"
         out = io.StringIO()
-        command = ["report", args, "--markdown"] if name == "results" else [name, *shlex.split(args)]
+        command = ["report", *shlex.split(args), "--markdown"] if name == "results" else [name, *shlex.split(args)]
         with contextlib.redirect_stdout(out):
             if main(command) != 0:
                 raise SystemExit(f"README block `preftune {' '.join(command)}` failed")

@@ -80,7 +80,9 @@ def _run(argv: list[str], processes: int, script: str | None = None) -> subproce
     target = [script] if script else ["-m", "preftune"]
     argv = argv if script else [*argv, "--device", DEVICE]
     cmd = [sys.executable, *target, *argv] if processes == 1 else [TORCHRUN, "--nproc-per-node", str(processes), *target, *argv]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    res = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=600
+    )  # a collective one process never joins hangs: fail instead
     assert res.returncode == 0, res.stderr[-3000:]
     return res
 
@@ -190,6 +192,34 @@ def test_two_process_rl_run_finishes_and_rank_0_alone_writes(base, tmp_path):
     assert len(torch.load(tmp_path / "rl/rollouts/iter-00000.pt", weights_only=False)["targets"]["scores"]) == 16  # both shares
     assert json.loads((tmp_path / "rl/summary.json").read_text())["iterations"] == 2
     assert (tmp_path / "rl/model.safetensors").exists() and not list((tmp_path / "rl").glob("**/*.tmp"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
+@pytest.mark.parametrize("lora", [False, True])
+def test_fsdp_rl_samples_from_its_shards_and_follows_the_ddp_run(base, tmp_path, lora):
+    """``rl --train.fsdp``: each process decodes its own prompts from the policy's shards gathered
+    whole once per rollout, its rows ending at their own steps (a collective per token would hang
+    here), and the run is the DDP run of the same config: the same first rollout token for token,
+    the same weights after the update (Adam's ~lr step on ~0 gradients bounds the rounding)."""
+    args = [*_rl_args(base, "rloo", tmp_path), "--iterations", "1", "--train.batch-size", "4", "--train.lr", "1e-3"]
+    args += ["--lora"] if lora else []
+    for engine in ("ddp", "fsdp"):
+        _run([*args, "--train.out", str(tmp_path / engine), *(["--train.fsdp"] if engine == "fsdp" else [])], 2)
+    first = [torch.load(tmp_path / e / "rollouts/iter-00000.pt", weights_only=False)["targets"] for e in ("ddp", "fsdp")]
+    assert torch.equal(first[0]["input_ids"], first[1]["input_ids"])
+    torch.testing.assert_close(first[1]["old_logps"], first[0]["old_logps"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(first[1]["ref_logps"], first[0]["ref_logps"], atol=1e-5, rtol=0)
+    ended = first[0]["completion_mask"].sum(-1)
+    assert len(set(ended[:8].tolist())) > 1 or len(set(ended[8:].tolist())) > 1  # rows of a process end at different steps
+    ddp, fsdp = load_file(str(tmp_path / "ddp/model.safetensors")), load_file(str(tmp_path / "fsdp/model.safetensors"))
+    start = load_file(str(base / "base/model.safetensors"))
+    assert ddp.keys() == fsdp.keys() == start.keys()
+    for name in ddp:
+        torch.testing.assert_close(fsdp[name], ddp[name], atol=2e-5, rtol=0, msg=name)
+    assert max((ddp[k] - start[k]).abs().max() for k in start) > 5e-4  # it trained
+    rows = [json.loads(line) for line in (tmp_path / "fsdp/iterations.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1]  # the final rollout, from the weights put back whole
 
 
 @pytest.mark.slow

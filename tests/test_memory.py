@@ -47,7 +47,9 @@ def test_estimate_components_by_hand():
     assert estimate(s, "sft", 2, 10, flash_attention=True)["activations"] == 20 * 2 * (layer - 40) * 4
     bf16 = estimate(s, "sft", 2, 10, precision="bf16")
     assert bf16["activations"] == sft["activations"] // 2 and bf16["transients"] == 8000 + 2000
-    assert estimate(s, "rl", 2, 10, processes=4, fsdp=True)["weights"] == 4000  # rl: DDP only
+    rl = estimate(s, "rl", 2, 10, processes=4, fsdp=True)  # rl shards, and gathers the policy whole for rollouts
+    assert (rl["weights"], rl["adamw"], rl["rollout gather"]) == (1000, 2000, 3000) and estimate(s, "rl", 2, 10)["rollout gather"] == 0
+    assert estimate(s, "ppo", 2, 10, processes=4, fsdp=True)["weights"] == 4 * (1000 + 900)  # ppo: DDP only
 
 
 @pytest.fixture(scope="module")

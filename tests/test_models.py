@@ -116,7 +116,7 @@ def test_import_reads_a_gguf_file_into_a_directory_every_command_loads(tmp_path,
 
     model = build_model(tokenizer, size="micro", arch="llama", seed=4).eval()
     file = write_gguf(model, tokenizer, tmp_path / "tiny.F32.gguf")
-    assert main(["import", str(file), "--out", str(tmp_path / "imported")]) == 0
+    assert main(["import", str(tmp_path), "--out", str(tmp_path / "imported")]) == 0  # the directory holding it
     assert "vocabulary 400" in capsys.readouterr().out
     loaded, tok = load_policy(tmp_path / "imported")
     ids = torch.tensor([tokenizer("Human: Name 2 fruits.\n\nAssistant: apple, pear.")["input_ids"]])
@@ -131,3 +131,5 @@ def test_import_reads_a_gguf_file_into_a_directory_every_command_loads(tmp_path,
         load_policy(file)
     assert main(["import", str(tmp_path / "imported/config.json"), "--out", str(tmp_path / "x")]) == 2
     assert "no GGUF file" in capsys.readouterr().err
+    assert main(["import", str(tmp_path / "imported"), "--out", str(tmp_path / "x")]) == 2  # a directory without one
+    assert "expected one .gguf file" in capsys.readouterr().err

@@ -49,7 +49,9 @@ def test_demo_config_file_is_what_the_demo_runs_and_every_config_loads():
         spec = load_spec(f)
         assert set(spec["experiments"]) <= set(RUNNERS), f
         if f.name != "smollm2.yaml":  # the real model's file sets its own budget
-            assert spec["pipeline"]["rl"]["iterations"] == 24 and spec["pipeline"]["sft"]["train"]["epochs"] == 6.0  # the demo's, unless set
+            assert (
+                spec["pipeline"]["rl"]["iterations"] == 24 and spec["pipeline"]["sft"]["train"]["epochs"] == 6.0
+            )  # the demo's, unless set
 
 
 def test_quick_lays_its_file_over_an_experiment(tmp_path):
@@ -157,7 +159,7 @@ def quick_demo(tmp_path_factory):
 @pytest.mark.slow
 def test_quick_demo_report_has_every_section_and_its_numbers_are_the_results(quick_demo):
     out, results = quick_demo
-    assert set(results["policies"]) == set(report.HEADLINE) - {"grpo", "simpo"}  # the demo's methods table
+    assert set(results["policies"]) == set(report.HEADLINE) - {"grpo", "simpo", "grpo-gold"}  # the demo's methods table
     saved = json.loads((out / "results.json").read_text())
     page = _Spans()
     page.feed((out / "report.html").read_text())
@@ -309,6 +311,12 @@ def test_markdown_is_the_results_table_and_findings(quick_demo, capsys):
     assert f"makes {report.comparisons(results)} such comparisons" in text
     assert "Run: `preftune demo --quick`, seed 0" in text
     assert "SFT " in text and "DPO " in text  # the findings
+    assert main(["report", str(out / "results.json"), "--markdown", "--samples", "2"]) == 0
+    with_samples = capsys.readouterr().out
+    assert with_samples.startswith(text) and with_samples.count("Samples for held-out prompt") == 2
+    first = results["samples"][0]["completions"]
+    for m in (m for m in report.TITLES if m in first):
+        assert f"| {report.TITLES[m]} | `{first[m].replace(chr(10), '⏎')}` |" in with_samples or not first[m], m
 
 
 @pytest.mark.slow

@@ -3,8 +3,10 @@ the loop needs. One process (no ``torchrun``) is world size 1 and every function
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -125,6 +127,30 @@ def fully_shard(model: torch.nn.Module) -> torch.nn.Module:
             shard_module(module)
     shard_module(model)
     return model
+
+
+@contextlib.contextmanager
+def gathered(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """FSDP: ``model``'s whole weights in every process for the block, in one all-gather. Forwards in
+    it need no collective, so processes may run different numbers of them (RL's rollouts: each
+    process decodes its own prompts until its own rows end). Sharded again on leaving; the root keeps
+    FSDP's default of not resharding after a forward. Without FSDP: ``model`` as it is."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        yield model
+        return
+    model.unshard()
+    for unit in model.modules():
+        if isinstance(unit, FSDPModule):
+            unit.unshard()
+    model.set_reshard_after_forward(False)
+    try:
+        yield model
+    finally:
+        model.set_reshard_after_forward(True)
+        model.set_reshard_after_forward(False, recurse=False)
+        reshard(model)
 
 
 def reshard(model: torch.nn.Module) -> None:

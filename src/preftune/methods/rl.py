@@ -20,6 +20,7 @@ Per-iteration statistics go to ``out/iterations.jsonl`` (:attr:`RLHF.iterations`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -35,7 +36,7 @@ from ..data import Batch, Encoded, collate
 from ..evaluate import mean_ci
 from ..logprobs import completion_logps, model_device
 from ..loop import StepLoss
-from ..models import load_reward_model
+from ..models import AdaptersOff, load_reward_model
 from ..rollout import Rollout, Sample, sample
 from ..tracking import Tracker
 from ..world import lists
@@ -95,6 +96,7 @@ class RLHF:
     ):
         self.cfg, self.algorithm, self.policy, self.tokenizer = cfg, algorithm, policy, tokenizer
         self.reference, self.scorer, self.prompts = reference, scorer, prompts
+        self.sharded = None  # under FSDP, the sharded copy the loop trains (:meth:`bind`)
         self.ptx = ptx or []  # PPO-ptx: encoded pretraining texts
         self.temperature = cfg.gen.temperature or 1.0
         self.out = Path(cfg.train.out)
@@ -148,7 +150,20 @@ class RLHF:
             return self._carry[1]
         return torch.load(self._file(iteration - 1), weights_only=False)["carry"]
 
+    def bind(self, module) -> None:
+        """Sample from ``module``, the sharded copy the loop trains under FSDP (the policy given at
+        construction gives up its storage until training ends and gets the weights back then; None
+        goes back to it). Each rollout gathers the copy whole once (:func:`preftune.distributed.gathered`);
+        a LoRA reference, the policy with its adapters off, follows it."""
+        self.sharded = module
+        if isinstance(self.reference, AdaptersOff):
+            self.reference = AdaptersOff(module if module is not None else self.policy)
+
     def _local_rollout(self, iteration: int) -> tuple[list[tuple[Sample, float, list[float]]], float]:
+        with distributed.gathered(self.sharded) if self.sharded is not None else contextlib.nullcontext(self.policy) as policy:
+            return self._sample_and_compare(policy, iteration)
+
+    def _sample_and_compare(self, policy, iteration: int) -> tuple[list[tuple[Sample, float, list[float]]], float]:
         """Stages 1-3 for this process's share of the iteration's prompts (all of them in one process;
         under torchrun a contiguous slice, so a prompt's k samples stay together): each sample with its
         score and the reference's log-probs of its tokens; and the seconds sampling took."""
@@ -156,7 +171,7 @@ class RLHF:
         prompts = self._prompts_for(iteration)
         mine = distributed.shard(prompts)
         gen = replace(self.cfg.gen, seed=self.cfg.gen.seed * 100003 + iteration + 7919 * distributed.rank())
-        samples = sample(self.policy, self.tokenizer, mine, gen, n=self.cfg.k, max_prompt_length=self.cfg.tokens.max_prompt_length)
+        samples = sample(policy, self.tokenizer, mine, gen, n=self.cfg.k, max_prompt_length=self.cfg.tokens.max_prompt_length)
         sample_s = time.perf_counter() - t0
         batch = collate([s.encoded() for s in samples], self.tokenizer.pad_token_id)
         scores = self.scorer(samples, batch).float().tolist()

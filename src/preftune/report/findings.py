@@ -101,12 +101,29 @@ def rm_findings(h: Html, res: dict) -> list[str]:
         f"The reward model orders {h.num(k + '.gold_pair_accuracy')} (± {h.num(k + '.gold_pair_accuracy_ci95')}) of the within-prompt pairs "
         f"of fresh pi_SFT samples with different gold reward as gold does; on held-out labels it reaches {h.num(k + '.accuracy')}, "
         f"{h.num(k + '.accuracy_over_bayes')} of the Bayes-optimal {h.num(k + '.bayes_optimal_accuracy')}."
-    ]
+    ] + (
+        [
+            f"Within prompts its score correlates with repeated items at r = {h.num(k + '.components.duplicates.score', -2)} "
+            f"(gold's own: {h.num(k + '.components.duplicates.gold', -2)}) and with the count error at "
+            f"r = {h.num(k + '.components.count_error.score', -2)} (gold's: {h.num(k + '.components.count_error.gold', -2)})."
+        ]
+        if "duplicates" in res[k].get("components", {})
+        else []
+    )
+
+
+def gold_findings(h: Html, res: dict) -> list[str]:
+    """RL against the gold reward itself, from the base model: does it beat where it started?"""
+    out = []
+    for name in (m for m in HEADLINE if f"{m}_vs_base" in res.get("claims", {})):
+        verdict = compare(res["claims"][f"{name}_vs_base"], "beats", "falls below", "is indistinguishable from")
+        out.append(f"{TITLES[name]} {verdict} the base model it started from: {h.interval(f'claims.{name}_vs_base')} in gold reward.")
+    return out
 
 
 def findings(h: Html, res: dict) -> list[str]:
     """Every sentence of the report that states a result, in page order."""
-    parts = (sft_findings, frontier_findings, online_findings, overopt_findings, diverse_findings, rm_findings)
+    parts = (sft_findings, gold_findings, frontier_findings, online_findings, overopt_findings, diverse_findings, rm_findings)
     return [x for part in parts for x in part(h, res)]
 
 

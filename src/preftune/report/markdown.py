@@ -8,9 +8,10 @@ from .results import HEADLINE, TITLES, fmt, lookup
 from .writers import Text
 
 
-def markdown(res: dict, source: str) -> str:
+def markdown(res: dict, source: str, samples: int = 0) -> str:
     """The README's results: the methods table and every finding, as Markdown, from ``results.json`` alone
-    (no methods table for a run that evaluated only pi_SFT, as every run does)."""
+    (no methods table for a run that evaluated only pi_SFT, as every run does); with ``samples``, each
+    policy's completion for the first held-out prompts, one table per prompt."""
     h = Text(res)
     pol = res.get("policies", {})
     rows = [m for m in HEADLINE if m in pol] if len(pol) > 1 else []
@@ -27,6 +28,10 @@ def markdown(res: dict, source: str) -> str:
         cells += [h.num(k + ".win_rate"), h.num(k + ".kl", 2), h.num(k + ".length", 1), h.num(k + ".well_formed"), h.num(k + ".distinct2")]
         cells.append(h.num(k + ".wall_s", 0) if pol[m].get("wall_s") is not None else "–")
         lines.append("| " + " | ".join(cells) + " |")
+    stages = [k for k in ("pretrain", "sft", "sample", "rm") if k in res.get("seconds", {})]  # the shared ones
+    if stages and "total" in res.get("seconds", {}):
+        said_stages = ", ".join(f"{k} {h.num(f'seconds.{k}', 0)} s" for k in stages)
+        lines += ["", f"Wall time {h.num('seconds.total', 0)} s in all; shared stages: {said_stages} (policies: the train s column)."]
     said = findings(h, res)
     if said:
         lines += ["", intervals_note(h, res), "", *(f"- {x}" for x in said)]
@@ -36,7 +41,24 @@ def markdown(res: dict, source: str) -> str:
         lines += [""] * (lines[-1] != "") + ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
         lines += ["| " + " | ".join(r) + " |" for r in levers]
         lines += ["", LEVERS_NOTE]
+    for i, s in enumerate(res.get("samples", [])[:samples]):
+        lines += ["", f"Samples for held-out prompt {i + 1}, {_cell(_request(s['prompt']))}:", "", "| policy | completion |", "|---|---|"]
+        lines += [f"| {TITLES.get(m, m)} | {_cell(h.num(f'samples.{i}.completions.{m}'))} |" for m in HEADLINE if m in s["completions"]]
     return "\n".join(lines) + "\n"
+
+
+def _request(prompt: str) -> str:
+    """The user's last message in a prompt rendered by ChatML or the ``Human: ... Assistant:`` template
+    (the two the README's runs use); any other prompt as it is."""
+    chatml = prompt.rsplit("<|im_start|>user\n", 1)
+    if len(chatml) == 2:
+        return chatml[1].split("<|im_end|>", 1)[0]
+    return prompt.rsplit("Human: ", 1)[-1].removesuffix("\n\nAssistant:")
+
+
+def _cell(text: str) -> str:
+    """A completion in one Markdown table cell: its newlines and pipes shown, not acted on."""
+    return "`" + text.replace("\n", "⏎").replace("|", "\\|").replace("`", "'") + "`" if text else "(empty)"
 
 
 def summary_table(res: dict) -> str:
