@@ -140,8 +140,7 @@ def gathered(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     if not isinstance(model, FSDPModule):
         yield model
         return
-    model.unshard()
-    for unit in model.modules():
+    for unit in model.modules():  # the root and every block: each all-gathers its own parameters
         if isinstance(unit, FSDPModule):
             unit.unshard()
     model.set_reshard_after_forward(False)
