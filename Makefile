@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench bench-anchor clean chromium readme results smollm2
+.PHONY: demo test test-fast lint bench bench-135m bench-anchor clean chromium readme results smollm2
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -74,6 +74,9 @@ bench-anchor: $(ANCHOR)/.installed
 
 bench: $(STAMP) $(ANCHOR)/.installed  ## preftune and TRL side by side, two passes (bench/run.py)
 	$(BIN)/python bench/run.py --anchor $(ANCHOR) --workload $(WORKLOAD)
+
+bench-135m: $(STAMP) $(ANCHOR)/.installed  ## the same at SmolLM2-135M's shape: sft, reward, dpo, fp32 and bf16 (about an hour)
+	$(BIN)/python bench/run.py --only 135m --anchor $(ANCHOR) --workload $(WORKLOAD) --out bench/last_135m.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -2,12 +2,18 @@
 preftune's alternately, ``--passes`` times; one table (medians of the passes) and one JSON line.
 
     python bench/run.py [--passes 2] [--only sft,reward,dpo,rloo,ppo,grpo,decode,decode_135m] [--no-anchor] [--out bench/last.json]
+    python bench/run.py --only 135m --out bench/last_135m.json    the real-scale benches (make bench-135m)
     python bench/run.py --render bench/last.json      the table of a saved run (the README's Speed section)
 
 TRL runs from the environments ``make bench-anchor`` builds in ``.anchor/`` (trl 1.16; trl 1.12 for
 PPO, the last release with it), with the workload's own scripts (``--workload``). Without them
 (``--no-anchor``) preftune runs alone and the ratios are missing. Throughput: examples (sft), pairs
 (reward, dpo: the reference pass charged), rollouts (rl) per second; peak RSS of each process.
+
+The real-scale benches (``--only 135m``: sft_135m, reward_135m, dpo_135m and their ``_bf16`` twins)
+train SmolLM2-135M's shape (random weights, ``bench_train.py --model 135m``) on the same data, batch 8,
+10 steps of which the first 2 and the last are untimed, fp32 or bf16 autocast; TRL runs its own workload scripts on
+the same model and precision through ``bench/anchor_trl.py``.
 
 The decode benches (``bench_decode.py``) need no TRL: preftune's sampler and transformers' ``generate``
 run in one process on the same prompts (the workload's GPT-2, 32 × 48 tokens; SmolLM2-135M's shape
@@ -29,9 +35,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PEAK_GFLOPS = 196.0  # this machine's fp32 matmul peak, 2 threads (torch, 2048²; the workload's README)
 BENCHES = ("sft", "reward", "dpo", "rloo", "ppo", "grpo", "decode", "decode_135m")
+SCALE_135M = tuple(f"{b}_135m{p}" for b in ("sft", "reward", "dpo") for p in ("", "_bf16"))  # --only 135m
+STEPS_135M = ["--steps", "10", "--batch", "8"]  # a step of 8 pairs takes seconds at this size
 DECODE = {"decode": "gpt2", "decode_135m": "135m"}  # bench: bench_decode.py --model
 UNIT = {"sft": "examples/s", "reward": "pairs/s", "dpo": "pairs/s", "rloo": "rollouts/s", "ppo": "rollouts/s", "grpo": "rollouts/s"}
 UNIT.update({b: "tokens/s" for b in DECODE})
+UNIT.update({b: UNIT[b.split("_")[0]] for b in SCALE_135M})
 TRL_SCRIPT = {
     "sft": ("venv", ["bench_sft.py"]),
     "reward": ("venv", ["bench_reward.py"]),
@@ -61,7 +70,17 @@ def decode(bench: str, assets: Path, env: dict) -> dict:
     return run([sys.executable, str(HERE / "bench_decode.py"), "--model", DECODE[bench], "--assets", str(assets)], env)
 
 
+def scale(bench: str) -> tuple[str, str]:
+    """A real-scale bench's trainer and precision: ``dpo_135m_bf16`` -> ("dpo", "bf16")."""
+    return bench.split("_")[0], "bf16" if bench.endswith("_bf16") else "fp32"
+
+
 def preftune(bench: str, assets: Path, env: dict) -> tuple[float, float]:
+    if bench in SCALE_135M:
+        name, precision = scale(bench)
+        cmd = [sys.executable, str(HERE / "bench_train.py"), "--model", "135m", "--only", name, "--precision", precision, *STEPS_135M]
+        line = run([*cmd, "--assets", str(assets)], env)
+        return line["examples_per_s"][precision][name], line["peak_rss_mib"], line["model_gflops_per_s"][precision][name]
     if bench in ("sft", "reward", "dpo"):
         line = run([sys.executable, str(HERE / "bench_train.py"), "--only", bench, "--assets", str(assets)], env)
         return line["examples_per_s"]["fp32"][bench], line["peak_rss_mib"], line["model_gflops_per_s"]["fp32"][bench]
@@ -70,9 +89,23 @@ def preftune(bench: str, assets: Path, env: dict) -> tuple[float, float]:
 
 
 def trl(bench: str, anchor: Path, workload: Path, assets: Path, env: dict) -> tuple[float, float]:
-    venv, args = TRL_SCRIPT[bench]
     env = {**env, "ANCHOR_HOME": str(anchor), "ANCHOR_ASSETS": str(assets)}
     env.pop("ANCHOR_RESULTS", None)
+    if bench in SCALE_135M:  # the workload's own script, on the shape model and in the bench's precision
+        name, precision = scale(bench)
+        venv, args = TRL_SCRIPT[name]
+        wrap = [
+            str(HERE / "anchor_trl.py"),
+            "--workload",
+            str(workload),
+            "--model-dir",
+            str(assets / "smollm2-135m"),
+            "--precision",
+            precision,
+        ]
+        line = run([str(anchor / venv / "bin/python"), *wrap, *args, *STEPS_135M], env, cwd=anchor)
+        return line["examples_per_s"], line["peak_rss_mib"]
+    venv, args = TRL_SCRIPT[bench]
     line = run([str(anchor / venv / "bin/python"), *[str(workload / args[0]), *args[1:]]], env, cwd=anchor)
     return line.get("examples_per_s", line.get("rollouts_per_s")), line["peak_rss_mib"]
 
@@ -91,10 +124,10 @@ def main() -> None:
     if a.render:
         print(table(json.loads(Path(a.render).read_text())))
         return
-    only = [b for b in a.only.split(",") if b]
-    unknown = set(only) - set(BENCHES)
+    only = [x for b in a.only.split(",") if b for x in (SCALE_135M if b == "135m" else (b,))]
+    unknown = set(only) - set(BENCHES) - set(SCALE_135M)
     if unknown:
-        sys.exit(f"bench/run.py: error: unknown bench(es) {sorted(unknown)}; choose from {BENCHES}")
+        sys.exit(f"bench/run.py: error: unknown bench(es) {sorted(unknown)}; choose from {BENCHES + SCALE_135M} or 135m")
     anchor, workload, assets = (
         Path(a.anchor).resolve(),
         Path(a.workload).resolve(),
@@ -104,9 +137,14 @@ def main() -> None:
     if with_trl and not (anchor / ".installed").exists():
         sys.exit(f"bench/run.py: error: no TRL environment in {anchor}: run `make bench-anchor`, or pass --no-anchor")
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    # The workload's assets, with the tokenizer copied beside the model (preftune loads them together).
+    # The workload's assets, with the tokenizer copied beside the model (preftune loads them together),
+    # and SmolLM2-135M's shape with random weights when a real-scale bench runs.
+    shape = ["--model", "135m"] if set(only) & set(SCALE_135M) else []
     subprocess.run(
-        [sys.executable, str(HERE / "bench_train.py"), "--only", "", "--assets", str(assets)], check=True, env=env, capture_output=True
+        [sys.executable, str(HERE / "bench_train.py"), "--only", "", *shape, "--assets", str(assets)],
+        check=True,
+        env=env,
+        capture_output=True,
     )
     runs: dict[str, dict[str, list]] = {b: {"preftune": [], "trl": [], "decode": []} for b in only}
     for p in range(a.passes):
@@ -170,7 +208,12 @@ def table(result: dict) -> str:
     """The side-by-side table of one run's JSON."""
     lines = [
         f"preftune vs TRL, same run: {result['date']}, {result['machine']}, commit {result['commit']}, "
-        f"median of {result['passes']} passes, fp32, 2 threads",
+        f"median of {result['passes']} passes, 2 threads, fp32"
+        + (
+            " (a bench named _bf16: bf16 autocast over fp32 weights, both sides)"
+            if any(b.endswith("_bf16") for b in result["benches"])
+            else ""
+        ),
     ]
     f = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
     trainers = {b: r for b, r in result["benches"].items() if "decode" not in r}

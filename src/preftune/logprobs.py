@@ -16,6 +16,8 @@ from __future__ import annotations
 import heapq
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +41,7 @@ def model_device(model: torch.nn.Module) -> torch.device:
 PACKABLE = frozenset({"gpt2", "gpt_neox", "llama", "mistral", "qwen2", "gemma"})  # not OPT: positions from its mask
 
 
+ATTENTION_FIT = 12  # Packing.plan's cost: a token's attention weighs W / (ATTENTION_FIT · hidden) of its other work
 MIN_SHARED = 4  # tokens: sequences starting with at least this many equal tokens share them
 SHARING_MARGIN = 0.9  # ... when that packs at most 90% of plain packing's cost (measured: wide units of
 # short shared starts, as SFT's "Human: Help me out." makes, ran slower than plain packing)
@@ -81,7 +84,7 @@ class Packing:
         if B < 2 or sum(lens) == 0:
             return None
         starts = mask.long().argmax(-1)  # first real token of each row
-        cost = lambda rows, width: rows * width * (1 + width / (12 * hidden_size))  # noqa: E731
+        cost = lambda rows, width: rows * width * (1 + width / (ATTENTION_FIT * hidden_size))  # noqa: E731
         best = _layout([([i], n) for i, n in enumerate(lens)], lens, B, cost)
         if share:  # shared starts, if they beat plain packing by SHARING_MARGIN (their mask is not free)
             units = _units(input_ids, starts.tolist(), lens, cap=2 * max(lens))
@@ -242,35 +245,55 @@ class LogProbs:
         return self.mask.sum(-1)  # (B,)
 
 
-def token_logps_from_logits(
-    logits: torch.Tensor, batch: Batch, temperature: float = 1.0, packing: Packing | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shift, gather and mask: logits (B, T, V) — or (R, W, V) laid out by ``packing`` — -> token_logps
-    (B, T-1), mask (B, T-1). Packed, each padded position reads its packed position's logit of its
-    own next token and that position's log-normaliser (a shared prefix's last position predicts a
-    different token for each sequence), so no (B, T, V) tensor is made."""
-    mask = batch.completion_mask[:, 1:]
-    if packing is None:
-        token_logps = gather_token_logps(logits[:, :-1], batch.input_ids[:, 1:], temperature)
-        return token_logps.masked_fill(~mask, 0.0), mask
-    flat = logits.reshape(-1, logits.shape[-1])
-    if temperature != 1.0:
-        flat = flat / temperature
-    flat = flat.float()
-    at = packing.dst.view(packing.shape)[:, :-1].clamp(max=flat.shape[0] - 1)  # (B, T-1); padding read anywhere, masked below
-    token_logps = flat[at, batch.input_ids[:, 1:]] - flat.logsumexp(-1)[at]
-    return token_logps.masked_fill(~mask, 0.0), mask
-
-
 def completion_logps(model, batch: Batch, temperature: float = 1.0, entropy: bool = False) -> LogProbs:
-    """Per-token and per-sequence log-probs of ``batch``'s completion tokens under ``model`` (on its device)."""
+    """Per-token and per-sequence log-probs of ``batch``'s completion tokens under ``model`` (on its device).
+
+    The output layer runs only at the positions that predict a completion token (each once, a shared
+    prefix's last position included), so no logits are made for prompts or padding: with a large
+    vocabulary (SmolLM2's 49,152) the output layer and its log-normaliser are a good part of a step.
+    """
     batch = batch.to(model_device(model))
     packing = packing_for(model, batch.input_ids, batch.attention_mask)
-    logits = run_model(model, batch.input_ids, batch.attention_mask, packing).logits
-    token_logps, mask = token_logps_from_logits(logits, batch, temperature, packing)
+    mask = batch.completion_mask[:, 1:]  # (B, T-1): position t predicts token t+1
+    B, T = batch.input_ids.shape
+    if packing is None:
+        layout = torch.arange(B * T, device=mask.device).view(B, T)[:, :-1]
+    else:
+        layout = packing.dst.view(packing.shape)[:, :-1]
+    keep, inverse = torch.unique(layout[mask], return_inverse=True)  # the layout positions to compute, once each
+    with _output_rows(model, keep) as selected:
+        logits = run_model(model, batch.input_ids, batch.attention_mask, packing).logits
+    logits = logits.reshape(-1, logits.shape[-1])
+    if not selected:  # no output layer to hook: all positions were computed; read the kept ones
+        logits = logits[keep]
+    if temperature != 1.0:
+        logits = logits / temperature
+    logits = logits.float()
+    picked = logits[inverse, batch.input_ids[:, 1:][mask]] - logits.logsumexp(-1)[inverse]
+    token_logps = torch.zeros(mask.shape, dtype=picked.dtype, device=mask.device).index_put((mask,), picked)
     ent = None
     if entropy:
         with torch.no_grad():
-            ent = losses.token_entropy(logits, temperature)
-            ent = (ent if packing is None else packing.unpack(ent))[:, :-1]
+            ent = torch.zeros(mask.shape, device=mask.device).index_put((mask,), losses.token_entropy(logits)[inverse])
     return LogProbs(token_logps.sum(-1), token_logps, mask, ent)
+
+
+@contextmanager
+def _output_rows(model, keep: torch.Tensor) -> Iterator[bool]:
+    """Within it, ``model``'s output layer computes only the flattened positions ``keep`` of its input
+    (logits (1, len(keep), V)); yields False when the model has no output layer to hook."""
+    inner = getattr(model, "module", model)  # DDP's wrapped model
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    if head is None:
+        yield False
+        return
+
+    def select(_module, args):
+        hidden = args[0]
+        return (hidden.reshape(-1, hidden.shape[-1])[keep].unsqueeze(0), *args[1:])
+
+    handle = head.register_forward_pre_hook(select)
+    try:
+        yield True
+    finally:
+        handle.remove()

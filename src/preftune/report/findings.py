@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .results import HEADLINE, TITLES, above, below, compare, comparisons
+from .results import HEADLINE, above, below, compare, comparisons, title
 from .writers import Html
 
 
@@ -23,12 +23,12 @@ def sft_findings(h: Html, res: dict) -> list[str]:
         ],
         ("falls below", "fall below"): [m for m in tuned if below(c[f"{m}_vs_sft"])],
     }
-    said = "; ".join(f"{', '.join(TITLES[m] for m in ms)} {verb[len(ms) > 1]} SFT" for verb, ms in groups.items() if ms)
+    said = "; ".join(f"{', '.join(title(res, m) for m in ms)} {verb[len(ms) > 1]} SFT" for verb, ms in groups.items() if ms)
     out.append(f"Against SFT (the interval of each method's difference in gold reward): {h.esc(said)}.")
     beat = c["beat_demonstrator"]
     out.append(
         f"Methods whose difference to the demonstrator lies above zero: {h.num('claims.beat_demonstrator.count', 0)} "
-        f"of {h.num('claims.beat_demonstrator.of', 0)} ({h.esc(', '.join(TITLES.get(m, m) for m in beat['methods']) or 'none')})."
+        f"of {h.num('claims.beat_demonstrator.of', 0)} ({h.esc(', '.join(title(res, m) for m in beat['methods']) or 'none')})."
     )
     return out
 
@@ -117,7 +117,7 @@ def gold_findings(h: Html, res: dict) -> list[str]:
     out = []
     for name in (m for m in HEADLINE if f"{m}_vs_base" in res.get("claims", {})):
         verdict = compare(res["claims"][f"{name}_vs_base"], "beats", "falls below", "is indistinguishable from")
-        out.append(f"{TITLES[name]} {verdict} the base model it started from: {h.interval(f'claims.{name}_vs_base')} in gold reward.")
+        out.append(f"{title(res, name)} {verdict} the base model it started from: {h.interval(f'claims.{name}_vs_base')} in gold reward.")
     return out
 
 
@@ -166,8 +166,8 @@ def intervals_note(h: Html, res: dict) -> str:
         else "over prompts (paired bootstrap), for one training seed: they say nothing about another seed"
     )
     return (
-        f"Each verdict is read from a 95% interval {over}; the report makes {n} such comparisons, so about "
-        f"{n / 20:.0f} of them may land on the wrong side by chance."
+        f"Each verdict is read from a 95% interval {over}; the report makes {n} such comparisons, and by chance alone "
+        f"about one in twenty{f' (here {round(n / 20)})' if n >= 20 else ''} may land on the wrong side."
     )
 
 

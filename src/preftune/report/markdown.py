@@ -4,7 +4,7 @@ terminal's table."""
 from __future__ import annotations
 
 from .findings import LEVER_COLUMNS, LEVERS_NOTE, findings, intervals_note, lever_rows, provenance
-from .results import HEADLINE, TITLES, fmt, lookup
+from .results import HEADLINE, fmt, lookup, title
 from .writers import Text
 
 
@@ -23,7 +23,7 @@ def markdown(res: dict, source: str, samples: int = 0) -> str:
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in rows:
         k = f"policies.{m}"
-        cells = [TITLES[m], h.num(k + ".gold"), h.num(k + ".gold_ci95")]
+        cells = [title(res, m), h.num(k + ".gold"), h.num(k + ".gold_ci95")]
         cells += [h.num(k + ".gold_seeds_ci95") if "gold_seeds_ci95" in pol[m] else "–"] * seeded
         cells += [h.num(k + ".win_rate"), h.num(k + ".kl", 2), h.num(k + ".length", 1), h.num(k + ".well_formed"), h.num(k + ".distinct2")]
         cells.append(h.num(k + ".wall_s", 0) if pol[m].get("wall_s") is not None else "–")
@@ -43,7 +43,7 @@ def markdown(res: dict, source: str, samples: int = 0) -> str:
         lines += ["", LEVERS_NOTE]
     for i, s in enumerate(res.get("samples", [])[:samples]):
         lines += ["", f"Samples for held-out prompt {i + 1}, {_cell(_request(s['prompt']))}:", "", "| policy | completion |", "|---|---|"]
-        lines += [f"| {TITLES.get(m, m)} | {_cell(h.num(f'samples.{i}.completions.{m}'))} |" for m in HEADLINE if m in s["completions"]]
+        lines += [f"| {title(res, m)} | {_cell(h.num(f'samples.{i}.completions.{m}'))} |" for m in HEADLINE if m in s["completions"]]
     return "\n".join(lines) + "\n"
 
 

@@ -28,6 +28,14 @@ TITLES = {
 HEADLINE = tuple(TITLES)  # the methods table's rows, in order, where the results have them
 
 
+def title(res: dict, method: str) -> str:
+    """A method's title in the report; the base row names the pretrained model an experiment started from."""
+    start = res.get("config", {}).get("start")
+    if method == "base" and start:
+        return f"base: {start} (pretrained)"
+    return TITLES.get(method, method)
+
+
 class MissingResult(ValueError):
     """A results file without a value the report reads: one written by another preftune version."""
 

@@ -14,7 +14,7 @@ from .findings import (
     overopt_findings,
     sft_findings,
 )
-from .results import HEADLINE, TITLES
+from .results import HEADLINE, title
 from .writers import Html, block, figure_tag, html_table, td_row, th_row
 
 
@@ -27,7 +27,7 @@ def _methods(h: Html, res: dict, figures: list[str]) -> str | None:
     keys = ("gold", "gold_ci95", *(("gold_seeds_ci95",) * seeded), "win_rate", "kl", "length", "distinct1", "distinct2", "well_formed")
     titles = ("policy", "gold reward", "± 95% CI (prompts)", *(("± 95% CI (seeds)",) * seeded), "win rate vs SFT", "KL to SFT")
     titles += ("length", "distinct-1", "distinct-2", "well-formed", "train s")
-    cells = [td_row(TITLES[m], *(h.num(f"policies.{m}.{k}", 3) for k in keys), h.num(f"policies.{m}.wall_s", 0)) for m in rows]
+    cells = [td_row(title(res, m), *(h.num(f"policies.{m}.{k}", 3) for k in keys), h.num(f"policies.{m}.wall_s", 0)) for m in rows]
     table = html_table(th_row(*titles), cells)
     note = (
         "<p class='note'>KL is the Monte Carlo estimate over each policy's own samples; best-of-n's is the analytic "
@@ -53,7 +53,7 @@ def _vs_sft(h: Html, res: dict, figures: list[str]) -> str | None:
         return None
     text = " ".join(sft_findings(h, res))
     rows = [
-        td_row(TITLES[m], h.interval(f"claims.{m}_vs_sft"), h.interval(f"claims.{m}_vs_demonstrator"))
+        td_row(title(res, m), h.interval(f"claims.{m}_vs_sft"), h.interval(f"claims.{m}_vs_demonstrator"))
         for m in HEADLINE
         if f"{m}_vs_sft" in c
     ]
@@ -160,7 +160,7 @@ def _samples(h: Html, res: dict, figures: list[str]) -> str | None:
     tables = []
     for s in res["samples"]:
         rows = [
-            f"<tr><td>{html.escape(TITLES.get(m, m))}</td><td class='text'>{html.escape(text)}</td></tr>"
+            f"<tr><td>{html.escape(title(res, m))}</td><td class='text'>{html.escape(text)}</td></tr>"
             for m, text in s["completions"].items()
         ]
         tables.append(f"<h3>{html.escape(s['prompt'])}</h3>" + html_table("", rows))
