@@ -75,7 +75,7 @@ bench-anchor: $(ANCHOR)/.installed
 bench: $(STAMP) $(ANCHOR)/.installed  ## preftune and TRL side by side, two passes (bench/run.py)
 	$(BIN)/python bench/run.py --anchor $(ANCHOR) --workload $(WORKLOAD)
 
-bench-135m: $(STAMP) $(ANCHOR)/.installed  ## the same at SmolLM2-135M's shape: sft, reward, dpo, fp32 and bf16 (about an hour)
+bench-135m: $(STAMP) $(ANCHOR)/.installed  ## the same at SmolLM2-135M's shape: sft, reward, dpo, fp32 and bf16 (half an hour here)
 	$(BIN)/python bench/run.py --only 135m --anchor $(ANCHOR) --workload $(WORKLOAD) --out bench/last_135m.json
 
 clean:

@@ -269,6 +269,36 @@ def test_two_process_run_killed_and_resumed_ends_as_the_uninterrupted_run(base, 
 
 @pytest.mark.slow
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
+def test_fsdp_rl_run_killed_and_resumed_ends_as_the_uninterrupted_run(base, tmp_path):
+    """``rl --train.fsdp`` SIGKILLed after its first checkpoint resumes from it and ends at the
+    uninterrupted run's weights, bit for bit: the checkpoint holds whole weights and AdamW states,
+    and the rollout it was training on is read back, not sampled again."""
+    args = [*_rl_args(base, "rloo", tmp_path / "unused"), "--iterations", "3", "--train.batch-size", "4", "--train.save-every", "1"]
+    args += ["--train.fsdp", "--train.lr", "1e-3"]
+    _run([*args, "--train.out", str(tmp_path / "whole")], 2)
+
+    cut = tmp_path / "cut"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFTUNE_THREADS": "1", "PREFTUNE_PACKING": "0"}
+    cmd = [TORCHRUN, "--nproc-per-node", "2", "-m", "preftune", *args, "--train.out", str(cut), "--device", DEVICE]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list((cut / "checkpoints").glob("step-*")):
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers, mid-run
+    proc.wait()
+    assert not (cut / "model.safetensors").exists()
+    _run([*args, "--train.out", str(cut), "--train.resume"], 2)
+
+    whole, resumed = load_file(str(tmp_path / "whole/model.safetensors")), load_file(str(cut / "model.safetensors"))
+    assert whole.keys() == resumed.keys()
+    for name in whole:
+        assert torch.equal(whole[name], resumed[name]), name
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
 def test_sample_score_and_eval_share_the_work_and_match_one_process(base, tmp_path):
     """Greedy decoding, so two processes must produce what one does; rank 0 writes, in input order.
     (``generate`` and ``best-of-n`` share the work through the same ``rollout.sample_shared``.)"""
