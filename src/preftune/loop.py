@@ -59,7 +59,9 @@ class Method(Protocol):
 
 
 # A method may also name the held-out metric that early stopping watches, e.g.
-# ``monitor = ("accuracy", "max")``; without it, ``patience`` watches ``("loss", "min")``.
+# ``monitor = ("accuracy", "max")``; without it, ``patience`` watches ``("loss", "min")``. It may
+# carry ``alarms`` (:class:`preftune.alarms.Alarms`), checked every step against the step's metrics
+# and whatever its ``monitors()`` returns (RL: the current rollout's statistics).
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -157,15 +159,23 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
 
     state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best": None, "bad_evals": 0}
     monitor, mode = getattr(method, "monitor", ("loss", "min"))
+    alarms = getattr(method, "alarms", None)
     best: dict[str, torch.Tensor] | None = None  # weights at the best held-out metric
     ckpt = latest_checkpoint(out)
     if cfg.resume and ckpt is not None:
         state, best = load_checkpoint(ckpt, module, optimizer)
         print(f"resuming from {ckpt} (step {state['step']} of {total})")
+        if alarms is not None:
+            alarms.load_state(state.get("alarms", {}))
     elif ckpt is not None:
         raise FileExistsError(f"{out} holds checkpoints of an earlier run; pass --resume to continue it or choose another --out")
     log = MetricsLog(out / "metrics.jsonl", state["step"] if cfg.resume else None) if main else None
     tracker = Tracker(out, cfg.report_to, state["step"] + 1 if cfg.resume else None)
+    at_start = getattr(method, "at_start", None)  # monitors measured before training (DPO's at pi_SFT): step 0
+    if at_start and state["step"] == 0:
+        if log is not None:
+            log.write({"step": 0, "epoch": 0.0, **at_start})
+        tracker.log(at_start, 0)
     # Each process runs its shard of every micro-batch; DDP and FSDP average the gradients over
     # processes, and the normalisation below turns that into the global sum / count.
     trained = torch.nn.parallel.DistributedDataParallel(module) if world > 1 and not fsdp else module
@@ -234,7 +244,12 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
                         if state["bad_evals"] >= cfg.patience:
                             print(f"early stopping at step {state['step']}: eval/{monitor} has not improved for {cfg.patience} evaluations")
                             done, state["stopped_early"] = True, True
-            if state["step"] % cfg.log_every == 0 or done or any(k.startswith("eval/") for k in row):
+            if alarms is not None and _raise_alarms(alarms, state["step"], row, method, out.name) and cfg.stop_on_alarm:
+                print(f"{out.name}: stopping at step {state['step']} (--train.stop-on-alarm)", flush=True)
+                done, state["stopped_early"] = True, True
+            if alarms is not None:
+                state["alarms"] = alarms.state()
+            if state["step"] % cfg.log_every == 0 or done or any(k.startswith(("eval/", "alarm/")) for k in row):
                 last = {
                     "step": state["step"],
                     "epoch": round(state["step"] / per_epoch, 4),
@@ -267,6 +282,18 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
             p.data = whole[name]
     model.eval()
     return last
+
+
+def _raise_alarms(alarms, step: int, row: dict, method, name: str) -> bool:
+    """Check ``alarms`` on this step's metrics (and the method's ``monitors()``); print each that fires
+    for the first time and mark it in ``row`` as ``alarm/NAME`` = 1. Under torchrun rank 0 decides
+    and every process learns of it, so all stop together. True when one fired."""
+    values = {**row, **(method.monitors() if hasattr(method, "monitors") else {})}
+    fired = alarms.check(step, values) if distributed.is_main() else {}
+    for rule, message in fired.items():
+        print(f"ALARM {name} step {step} [{rule}]: {message}", flush=True)
+        row[f"alarm/{rule}"] = 1.0
+    return distributed.sum_all(float(len(fired))) > 0
 
 
 def _evaluate(model, method: Method) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -10,12 +11,13 @@ from pathlib import Path
 import torch
 
 from .. import distributed
+from ..alarms import Alarms, dpo_rules
 from ..atomic import save_atomic
 from ..config import DPOConfig, TokenConfig, to_dict
 from ..data import Comparison, Ranking, encode
 from ..loop import train
-from ..methods.dpo import DirectPreference, Pair, PairData, Unlikelihood, preference_loss, reference_logps
-from ..models import add_lora, load_policy, save_model
+from ..methods.dpo import DirectPreference, Pair, PairData, SampleMonitor, Unlikelihood, preference_loss, reference_logps
+from ..models import AdaptersOff, add_lora, load_policy, save_model
 from .common import comparisons, global_batch_size, one_run_per_directory, prepare, record_config
 
 
@@ -93,9 +95,19 @@ def dpo(cfg: DPOConfig) -> Path:
             train_pairs = cached_reference(model, train_pairs, pad, cfg, loss.length_normalise)
             held_pairs = reference_logps(model, held_pairs, pad, loss.length_normalise)
             leash = f"beta {cfg.beta}"
-        method = DirectPreference(PairData(train_pairs, held_pairs, pad, global_batch_size(cfg.train), cfg.train.seed), loss, cfg.beta)
+    watch = cfg.monitor_prompts > 0 and cfg.loss != "unlikelihood"
+    frozen = copy.deepcopy(model).requires_grad_(False) if watch and not cfg.lora else None  # pi_SFT for the sample monitor's KL
     if cfg.lora:
         model = add_lora(model, cfg.lora_r, cfg.lora_alpha, seed=cfg.train.seed)
+    if cfg.loss != "unlikelihood":
+        data = PairData(train_pairs, held_pairs, pad, global_batch_size(cfg.train), cfg.train.seed)
+        sampler = None
+        if watch:  # held-out prompts, each once, in the order the split gave them
+            prompts = list(dict.fromkeys(r.prompt for r in held_records or records))[: cfg.monitor_prompts]
+            reference = AdaptersOff(model) if cfg.lora else frozen
+            sampler = SampleMonitor(reference, tokenizer, prompts, cfg.gen, cfg.tokens.max_prompt_length)
+        method = DirectPreference(data, loss, cfg.beta, cfg.nll_coef, sampler, Alarms(dpo_rules(cfg.alarm)))
+        method.start(model)
     print(f"{cfg.loss}: {len(train_pairs):,} training and {len(held_pairs):,} held-out pairs, {leash} -> {out}")
     train(model, method, cfg.train)
     if distributed.is_main():

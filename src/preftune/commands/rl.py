@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .. import distributed, losses
+from ..alarms import Alarms, rl_rules
 from ..atomic import write_atomic, write_jsonl
 from ..checkpoint import checkpoint_state
 from ..config import BestOfNConfig, RLConfig
@@ -19,7 +20,7 @@ from ..evaluate import evaluate_samples
 from ..loop import steps_per_epoch, train
 from ..methods.algorithms import build_algorithm
 from ..methods.rl import RLHF, Scorer, gold_or_none
-from ..models import AdaptersOff, add_lora, load_policy, save_model
+from ..models import AdaptersOff, add_lora, load_policy, load_reward_model, save_model
 from ..rollout import sample_shared
 from .common import one_run_per_directory, prepare, prompts_from, record_config
 
@@ -54,7 +55,9 @@ def rl(cfg: RLConfig) -> Path:
         raise ValueError(f"--no-track-kl needs --beta 0 and no --target-kl: a KL leash needs the reference (got β {cfg.beta})")
     out = Path(cfg.train.out)
     policy, tokenizer, reference = policy_and_reference(cfg)
-    scorer = Scorer(cfg.reward, torch.bfloat16 if cfg.frozen_precision == "bf16" else torch.float32)
+    frozen = torch.bfloat16 if cfg.frozen_precision == "bf16" else torch.float32
+    scorer = Scorer(cfg.reward, frozen)
+    judges = [load_reward_model(d, frozen)[0].requires_grad_(False) for d in cfg.monitor_rewards]
     algorithm = build_algorithm(cfg)
     ptx = [encode_text(tokenizer, t, cfg.tokens.max_length) for t in load_texts(cfg.ptx_data)] if cfg.ptx_data else None
     prompts = load_prompts(cfg.prompts, tokenizer)
@@ -62,7 +65,19 @@ def rl(cfg: RLConfig) -> Path:
 
     resumed = checkpoint_state(out) if cfg.train.resume else None
     start = resumed["epoch"] if resumed else 0  # rollouts from here on came from weights we no longer have
-    method = RLHF(cfg, algorithm, policy, tokenizer, reference, scorer, prompts, ptx=ptx, start=start)
+    method = RLHF(
+        cfg,
+        algorithm,
+        policy,
+        tokenizer,
+        reference,
+        scorer,
+        prompts,
+        ptx=ptx,
+        start=start,
+        judges=judges,
+        alarms=Alarms(rl_rules(cfg.alarm)),
+    )
     per_iteration = steps_per_epoch(method, cfg.train)
     save_every = math.ceil(max(1, cfg.train.save_every) / per_iteration) * per_iteration  # checkpoints at iteration ends
     leash = f"β {cfg.beta} ({cfg.kl_estimator})" + (f", adaptive to KL {cfg.target_kl}" if cfg.target_kl else "")

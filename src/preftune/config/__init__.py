@@ -35,7 +35,7 @@ from .commands import (
     WorldConfig,
 )
 from .fields import device_field, doc, override, save_config, to_dict
-from .groups import PREFERENCE_LOSSES, REPORT_TO, RL_ALGORITHMS, SamplingConfig, TokenConfig, TrainConfig
+from .groups import PREFERENCE_LOSSES, REPORT_TO, RL_ALGORITHMS, AlarmConfig, SamplingConfig, TokenConfig, TrainConfig
 
 __all__ = [
     "AnnotateConfig",
@@ -61,6 +61,7 @@ __all__ = [
     "RewardConfig",
     "SFTConfig",
     "SampleConfig",
+    "AlarmConfig",
     "SamplingConfig",
     "ScoreConfig",
     "TokenConfig",

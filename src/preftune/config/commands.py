@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .fields import device_field, doc
-from .groups import PREFERENCE_LOSSES, RL_ALGORITHMS, SamplingConfig, TokenConfig, TrainConfig
+from .groups import PREFERENCE_LOSSES, RL_ALGORITHMS, AlarmConfig, SamplingConfig, TokenConfig, TrainConfig
 
 # ------------------------------------------------------------------- the world, pretraining, SFT
 
@@ -172,9 +172,20 @@ class DPOConfig:
     lora: bool = doc(False, "train LoRA adapters; the reference is then the base with adapters off")
     lora_r: int = doc(8, "LoRA rank")
     lora_alpha: int = doc(16, "LoRA scaling numerator")
+    # 1.0, not 0: without it DPO on the lists world can fall into likelihood displacement (both
+    # completions' log-probs fall, samples stop ending) on some seeds; README "When DPO collapses",
+    # from `preftune experiment configs/defaults.yaml` (results/defaults.json).
+    nll_coef: float = doc(
+        1.0, "add this x the token-mean NLL of the chosen completion to each pair's loss (RPO, arXiv 2404.19733; 0 = plain DPO)"
+    )
+    monitor_prompts: int = doc(
+        16, "every evaluation, sample this many held-out prompts: KL to pi_SFT, length, EOS rate (eval/sample/*; 0 = off)"
+    )
     device: str = device_field()
     tokens: TokenConfig = TokenConfig(max_length=96, max_prompt_length=64)
     train: TrainConfig = TrainConfig(out="runs/dpo", epochs=3.0, lr=3e-4, batch_size=16, eval_every=50, dropout=False)
+    gen: SamplingConfig = SamplingConfig(max_new_tokens=32, temperature=1.0)
+    alarm: AlarmConfig = AlarmConfig()
 
 
 @dataclass(frozen=True)
@@ -219,6 +230,9 @@ class RLConfig:
     )
     lora_r: int = doc(8, "LoRA rank")
     lora_alpha: int = doc(16, "LoRA scaling numerator")
+    monitor_rewards: tuple[str, ...] = doc(
+        (), "other reward models, not trained against: each rollout is scored by them too (rollout/disagreement, --alarm.disagreement)"
+    )
     # lr 1e-4: at 3e-4 REINFORCE's KL ran away (gold fell below pi_SFT's) in an earlier demo; at 1e-4
     # every algorithm lifted gold on the demo's reward model (README, "RLHF").
     device: str = device_field()
@@ -227,6 +241,7 @@ class RLConfig:
     )
     gen: SamplingConfig = SamplingConfig(max_new_tokens=32, temperature=1.0)
     tokens: TokenConfig = TokenConfig(max_length=96, max_prompt_length=64)
+    alarm: AlarmConfig = AlarmConfig()
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,18 @@ class TrainConfig:
     dropout: bool = doc(True, "keep the model's dropout while training (off for DPO, reward and RL: their reference log-probs have none)")
     resume: bool = doc(False, "continue from the last complete checkpoint in out/checkpoints")
     progress: bool = doc(True, "show a progress bar")
+    stop_on_alarm: bool = doc(False, "end the run at the first alarm (--alarm.*) with the weights it has then")
+
+
+@dataclass(frozen=True)
+class AlarmConfig:
+    """When a run raises an alarm (``--alarm.*``; :mod:`preftune.alarms`); 0 turns a rule off."""
+
+    kl: float = doc(8.0, "KL to the reference above this many nats per sampled completion")
+    eos_drop: float = doc(0.2, "the share of samples that end (emit EOS) fell this far below its start")
+    length: float = doc(0.5, "the mean sample length left its start x (1 +- this)")
+    displacement: float = doc(4.0, "DPO family: log pi(chosen) fell this many nats below pi_ref's while the margin grew")
+    disagreement: float = doc(1.0, "RL with --monitor-rewards: the reward models' disagreement rose by this fraction while the proxy rose")
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from ..atomic import write_atomic
 from ..report.markdown import summary_table
 from ..report.page import render
 from .pipeline import Pipeline, check_settings, merge
-from .runners import RUNNERS, check_levers
+from .runners import RUNNERS, alarm_summary, check_levers
 
 HERE = Path(__file__).parent
 DEMO_FILE, QUICK_FILE = HERE / "demo.yaml", HERE / "quick.yaml"
@@ -229,6 +229,9 @@ def aggregate(per_seed: list[dict], seeds: list[int]) -> dict:
         ]
         beat = [m for m in candidates if res["claims"][f"{m}_vs_demonstrator"]["seeds"]["lo"] > 0]
         res["claims"]["beat_demonstrator"] = {"methods": beat, "count": len(beat), "of": len(candidates)}
+    if "alarms" in first:  # every seed's runs, judged together
+        runs = [{**r, "seed": s} for s, one in zip(seeds, per_seed) for r in one["alarms"]["runs"]]
+        res["alarms"] = {"fall": first["alarms"]["fall"], "runs": runs, "summary": alarm_summary(runs)}
     if "reward_model" in first:
         res["reward_model"] = _mean_of([r["reward_model"] for r in per_seed])
         res["reward_model"]["gold_pair_accuracy_per_seed"] = [r["reward_model"]["gold_pair_accuracy"] for r in per_seed]

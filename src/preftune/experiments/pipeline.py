@@ -305,6 +305,10 @@ class Pipeline:
         self.timings[name] = future.result()
         write_atomic(self.out / name / "wall_seconds", str(self.timings[name]))
 
+    def trained(self) -> list[str]:
+        """Every policy trained (or queued) so far, in the order asked for."""
+        return list(self._queued)
+
     def close(self) -> None:
         """Stop the workers (cancelling queued runs if this is an early exit)."""
         if self._pool is not None:

@@ -150,6 +150,14 @@ def overoptimisation(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
     changes = {"algo": algo, **({"iterations": int(params["iterations"])} if "iterations" in params else {})}
     if "lr" in params:  # the demo uses 1e-3: over-optimisation within its budget
         changes["train"] = {"lr": float(params["lr"])}
+    # ``watch: N``: N more reward models on the same comparisons, seeds apart, that only score the
+    # rollouts: their disagreement with the trained-against one is the alarms' gold-free signal
+    watch = [
+        p.reward_model(f"rm-few{few}-seed{i}", limit=few, changes={"train": {"seed": p.seed + i}})[0]
+        for i in range(1, 1 + int(params.get("watch", 0)))
+    ]
+    if watch:
+        changes["monitor_rewards"] = watch
     names = {}
     for beta in (0.0, p.rl_config("overopt", rm_dir).beta):
         names[beta] = f"overopt/{algo}-beta{beta:g}"
@@ -309,4 +317,87 @@ def reward(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
     res["reward_levers"] = rows
 
 
-RUNNERS = {"methods": methods, "frontier": frontier, "overoptimisation": overoptimisation, "diverse": diverse, "reward": reward}
+def _gold_curve(run: Path) -> tuple[list[tuple[int, float]], int]:
+    """(step, gold) along a trained policy's run, and its last step: a DPO-family run's sample monitor
+    at each evaluation (step 0 is pi_SFT), an RL run's rollouts (the rollout of iteration i measures
+    the policy after i iterations' steps)."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    last = max(r["step"] for r in rows)
+    if (run / "iterations.jsonl").exists():
+        per = next(r["step"] / r["epoch"] for r in rows if r.get("epoch"))  # optimiser steps per iteration
+        its = [json.loads(line) for line in (run / "iterations.jsonl").read_text().splitlines()]
+        return [(round(r["iteration"] * per), r["gold"]) for r in its if r.get("gold") is not None], last
+    return [(r["step"], r["eval/sample/gold"]) for r in rows if "eval/sample/gold" in r], last
+
+
+def alarm_outcome(curve: list[tuple[int, float]], last: int, alarms: list[tuple[int, str]], fall: float) -> dict:
+    """One run judged on gold. It went wrong when gold stood ``fall`` or more below its best so far at
+    some point (a collapse it later recovers from counts: stopped there, the run gives that policy);
+    ``drop_step`` is the first such point. The first alarm (step, rules) and its lead: how many steps
+    before ``drop_step`` it fired (negative: after)."""
+    best, worst, drop_step = -math.inf, 0.0, None
+    for t, g in curve:
+        best = max(best, g)
+        worst = max(worst, best - g)
+        if drop_step is None and best - g >= fall:
+            drop_step = t
+    first = min((t for t, _ in alarms), default=None)
+    return {
+        "start": curve[0][1],
+        "peak": max(g for _, g in curve),
+        "end": curve[-1][1],
+        "fell": worst,
+        "went_wrong": drop_step is not None,
+        "drop_step": drop_step,
+        "steps": last,
+        "alarm_step": first,
+        "rules": sorted({r for t, r in alarms if t == first}),
+        "flagged": first is not None,
+        "lead": None if first is None or drop_step is None else drop_step - first,
+    }
+
+
+def alarm_summary(runs: list[dict]) -> dict:
+    """Detection (runs that went wrong and were flagged), false alarms (healthy runs flagged), lead."""
+    wrong = [r for r in runs if r["went_wrong"]]
+    healthy = [r for r in runs if not r["went_wrong"]]
+    leads = [r["lead"] for r in wrong if r["lead"] is not None]
+    return {
+        "runs": len(runs),
+        "went_wrong": len(wrong),
+        "detected": sum(r["flagged"] for r in wrong),
+        "healthy": len(healthy),
+        "false_alarms": sum(r["flagged"] for r in healthy),
+        "lead_median": statistics.median(leads) if leads else None,
+    }
+
+
+def alarms(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
+    """The alarms judged on gold, over every policy the file's other experiments train (put it last):
+    per run, gold's peak along the run and its fall to the end, and the first alarm with its lead
+    (:func:`alarm_outcome`); then detection rate, false alarms and lead (:func:`alarm_summary`)."""
+    fall = float(params.get("fall", 0.2))
+    yield
+    runs = []
+    for name in p.trained():
+        p.wait(name)
+        run = p.out / name
+        curve, last = _gold_curve(run)
+        if not curve:
+            continue
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        fired = [(r["step"], k.removeprefix("alarm/")) for r in rows for k in r if k.startswith("alarm/")]
+        config = json.loads((run / "run_config.json").read_text())
+        outcome = alarm_outcome(curve, last, fired, fall)
+        runs.append({"name": name, "command": config["command"], "thresholds": config["alarm"], "curve": curve, **outcome})
+    res["alarms"] = {"fall": fall, "runs": runs, "summary": alarm_summary(runs)}
+
+
+RUNNERS = {
+    "methods": methods,
+    "frontier": frontier,
+    "overoptimisation": overoptimisation,
+    "diverse": diverse,
+    "reward": reward,
+    "alarms": alarms,
+}

@@ -9,16 +9,21 @@ them and Δ is the difference of the policy's own log-probs.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
 
-from .. import losses
-from ..config import DPOConfig
+from .. import distributed, losses
+from ..alarms import Alarms
+from ..config import DPOConfig, SamplingConfig
 from ..data import Encoded, batch_count, collate, shuffled_batches
 from ..logprobs import LogProbs, completion_logps
 from ..loop import StepLoss
+from ..models import AdaptersOff
+from ..rollout import sample
+from .rl import gold_or_none
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,47 @@ def preference_loss(cfg: DPOConfig) -> PreferenceLoss:
     if cfg.loss not in LOSSES:
         raise ValueError(f"unknown preference loss {cfg.loss!r}; choose from {tuple(LOSSES)} or 'unlikelihood'")
     return LOSSES[cfg.loss](cfg)
+
+
+def last_token_logps(lp: LogProbs) -> torch.Tensor:
+    """(B,) the log-prob of each row's last completion token (a finished completion's EOS)."""
+    last = lp.mask.shape[1] - 1 - lp.mask.flip(-1).int().argmax(-1)  # the last True of each row
+    return lp.token_logps.gather(1, last[:, None]).squeeze(1)
+
+
+class SampleMonitor:
+    """What the policy itself writes, measured at every evaluation: ``n`` held-out prompts sampled
+    once each (temperature ``gen.temperature``, a fixed seed, so evaluations differ only by the
+    weights). ``sample/kl`` is the Monte Carlo KL to the reference, log π(y) - log π_ref(y) summed
+    over a completion and averaged; ``sample/length`` the mean completion length in tokens;
+    ``sample/eos_rate`` the share that end; on the lists world's prompts ``sample/gold`` too (never read
+    by an alarm: it is what they are validated against). Sampled, not greedy: one pass gives all three, as the
+    final evaluation samples them. The reference is pi_SFT: under LoRA the policy with its adapters
+    off, otherwise a frozen copy made before training (the weights once more in memory)."""
+
+    def __init__(self, reference, tokenizer, prompts: Sequence, gen: SamplingConfig, max_prompt_length: int):
+        self.reference, self.tokenizer, self.prompts = reference, tokenizer, list(prompts)
+        self.gen, self.max_prompt_length = gen, max_prompt_length
+
+    def bind(self, module) -> None:
+        """Under FSDP the loop trains a sharded copy: a LoRA reference follows it."""
+        if isinstance(self.reference, AdaptersOff):
+            self.reference = AdaptersOff(module)
+
+    @torch.no_grad()
+    def __call__(self, policy) -> dict[str, float]:
+        with distributed.gathered(policy) if distributed.world_size() > 1 else contextlib.nullcontext(policy) as whole:
+            samples = sample(whole, self.tokenizer, self.prompts, self.gen, n=1, max_prompt_length=self.max_prompt_length)
+            batch = collate([s.encoded() for s in samples], self.tokenizer.pad_token_id)
+            ref = completion_logps(self.reference, batch, self.gen.temperature or 1.0).logps.float().cpu()
+        logps = torch.tensor([float(sum(s.token_logps)) for s in samples])
+        out = {
+            "sample/kl": float((logps - ref).mean()),
+            "sample/length": sum(len(s.token_logps) for s in samples) / len(samples),
+            "sample/eos_rate": sum(s.ended for s in samples) / len(samples),
+        }
+        gold = gold_or_none(samples)  # lists-world prompts: what the alarms are validated against
+        return out if gold is None else out | {"sample/gold": sum(gold) / len(gold)}
 
 
 def _forward(model, pairs: Sequence[Pair], pad_id: int, length_normalise: bool) -> tuple[LogProbs, torch.Tensor, torch.Tensor]:
@@ -107,25 +153,63 @@ class PairData:
 
 
 class DirectPreference:
-    """DPO-family training: a :class:`PreferenceLoss` of Δ on pairs whose reference log-probs are cached."""
+    """DPO-family training: a :class:`PreferenceLoss` of Δ on pairs whose reference log-probs are cached.
+
+    ``nll_coef`` > 0 adds that times the token-mean NLL of each chosen completion to its pair's loss
+    (RPO, arXiv 2404.19733): the chosen completions' likelihood is held up while the margin grows.
+    Every evaluation measures, on the held-out pairs, the log-ratios to the reference of chosen and
+    rejected and their margin (``logratio/*``, ``margin``; all 0 at pi_SFT) and, with a
+    :class:`SampleMonitor`, what the policy writes; ``alarms`` read both (:func:`preftune.alarms.dpo_rules`).
+    """
 
     monitor = ("accuracy", "max")
 
-    def __init__(self, data: PairData, loss: PreferenceLoss, beta: float):
-        self.data, self.preference_loss, self.beta = data, loss, beta
+    def __init__(
+        self,
+        data: PairData,
+        loss: PreferenceLoss,
+        beta: float,
+        nll_coef: float = 0.0,
+        sampler: SampleMonitor | None = None,
+        alarms: Alarms | None = None,
+    ):
+        self.data, self.preference_loss, self.beta, self.nll_coef = data, loss, beta, nll_coef
         self.n_batches, self.batches = data.n_batches, data.batches
+        self.sampler, self.alarms = sampler, alarms
+        self.at_start: dict[str, float] = {}
+
+    def start(self, model) -> dict[str, float]:
+        """The monitors at pi_SFT (``model`` before training), the alarms' starting values."""
+        at_start = {"eval/logratio/chosen": 0.0, "eval/logratio/rejected": 0.0, "eval/margin": 0.0}
+        if self.sampler is not None:
+            was_training = model.training
+            model.eval()
+            at_start |= {f"eval/{k}": v for k, v in self.sampler(model).items()}
+            model.train(was_training)
+        if self.alarms is not None:
+            self.alarms.observe_start(at_start)
+        self.at_start = at_start  # the loop logs it as step 0
+        return at_start
+
+    def bind(self, module) -> None:
+        if self.sampler is not None:
+            self.sampler.bind(module)
 
     def _terms(self, model, pairs):
-        _, c, r = _forward(model, pairs, self.data.pad_id, self.preference_loss.length_normalise)
+        lp, c, r = _forward(model, pairs, self.data.pad_id, self.preference_loss.length_normalise)
         use_ref = self.preference_loss.reference  # a reference-free loss: Δ from the policy alone
         ref_c = torch.tensor([p.ref_chosen if use_ref else 0.0 for p in pairs], device=c.device)
         ref_r = torch.tensor([p.ref_rejected if use_ref else 0.0 for p in pairs], device=c.device)
         delta = losses.preference_delta(c, r, ref_c, ref_r)
-        return c, r, ref_c, ref_r, delta
+        return lp, c, r, ref_c, ref_r, delta
 
     def loss(self, model, pairs: list[Pair]) -> StepLoss:
-        c, r, ref_c, ref_r, delta = self._terms(model, pairs)
-        loss = self.preference_loss.fn(delta, torch.tensor([p.strength for p in pairs], device=delta.device)).sum()
+        lp, c, r, ref_c, ref_r, delta = self._terms(model, pairs)
+        loss = self.preference_loss.fn(delta, torch.tensor([p.strength for p in pairs], device=delta.device))
+        B = len(pairs)
+        nll = -lp.logps[:B] / lp.n_tokens[:B].clamp(min=1)  # (B,) token-mean NLL of y_w
+        if self.nll_coef > 0:
+            loss = loss + self.nll_coef * nll
         reward_c, reward_r = self.beta * (c - ref_c).detach(), self.beta * (r - ref_r).detach()  # the implicit rewards
         metrics = {
             "rewards/chosen": reward_c.mean().item(),
@@ -134,15 +218,30 @@ class DirectPreference:
             "rewards/accuracy": (reward_c > reward_r).float().mean().item(),
             "logps/chosen": c.mean().item(),
             "logps/rejected": r.mean().item(),
+            "logps/ref_chosen": ref_c.mean().item(),
+            "logps/ref_rejected": ref_r.mean().item(),
+            "logps/eos_chosen": last_token_logps(lp)[:B].mean().item(),  # chosen completions end with EOS
+            "nll/chosen": nll.mean().item(),
         }
-        return StepLoss(loss, len(pairs), metrics)
+        return StepLoss(loss.sum(), len(pairs), metrics)
 
     def evaluate(self, model) -> dict[str, float]:
+        sums = {"logratio/chosen": 0.0, "logratio/rejected": 0.0}
+
         def won_and_loss(pairs):
-            *_, delta = self._terms(model, pairs)
+            _, c, r, ref_c, ref_r, delta = self._terms(model, pairs)
+            sums["logratio/chosen"] += float((c - ref_c).detach().sum())
+            sums["logratio/rejected"] += float((r - ref_r).detach().sum())
             return delta > 0, self.preference_loss.fn(delta, torch.tensor([p.strength for p in pairs], device=delta.device))
 
-        return self.data.evaluate(won_and_loss)
+        out = self.data.evaluate(won_and_loss)
+        if out:
+            n = len(self.data.held_out)
+            out |= {k: v / n for k, v in sums.items()}
+            out["margin"] = out["logratio/chosen"] - out["logratio/rejected"]
+        if self.sampler is not None:
+            out |= self.sampler(model)
+        return out
 
 
 class Unlikelihood:

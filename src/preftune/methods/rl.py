@@ -16,6 +16,11 @@ Each rollout (tensors, statistics, β and baseline) is saved to ``out/rollouts/i
 before it is trained on, so a killed run resumes from its checkpoint on exactly the same data.
 Per-iteration statistics go to ``out/iterations.jsonl`` (:attr:`RLHF.iterations`), and with
 ``--train.report-to`` to TensorBoard (``out/tensorboard/iterations``) or W&B (:class:`preftune.tracking.Tracker`).
+Besides the proxy, KL, entropy, length and EOS rate, each row holds ``sampler_gap``: how far the
+trainer's log-probs of sampled tokens are from the sampler's (they should agree to rounding; a gap
+means the policy trains on tokens it did not sample, as in trl#4159), and with ``monitor_rewards``
+``disagreement``, the spread of several reward models' scores of the same samples. The loop's alarms
+read them as ``rollout/*`` (:meth:`RLHF.monitors`, :func:`preftune.alarms.rl_rules`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from pathlib import Path
 import torch
 
 from .. import distributed, faults, losses
+from ..alarms import Alarms
 from ..atomic import save_atomic, write_jsonl
 from ..config import RLConfig
 from ..data import Batch, Encoded, collate
@@ -42,6 +48,9 @@ from ..tracking import Tracker
 from ..world import lists
 from .algorithms import Algorithm
 from .reward import score_samples
+
+GAP_ROWS = 16  # samples per rollout whose sampler / trainer log-prob gap is measured (one extra forward over them)
+MONITORED = ("score", "kl", "entropy", "length", "eos_rate", "sampler_gap", "disagreement")  # rollout/* for the alarms
 
 
 class Scorer:
@@ -93,11 +102,15 @@ class RLHF:
         *,
         ptx: list[Encoded] | None = None,
         start: int = 0,
+        judges: list | None = None,
+        alarms: Alarms | None = None,
     ):
         self.cfg, self.algorithm, self.policy, self.tokenizer = cfg, algorithm, policy, tokenizer
         self.reference, self.scorer, self.prompts = reference, scorer, prompts
         self.sharded = None  # under FSDP, the sharded copy the loop trains (:meth:`bind`)
         self.ptx = ptx or []  # PPO-ptx: encoded pretraining texts
+        self.judges = judges or []  # reward models that only watch (--monitor-rewards)
+        self.alarms = alarms
         self.temperature = cfg.gen.temperature or 1.0
         self.out = Path(cfg.train.out)
         self.rollout_dir = self.out / "rollouts"
@@ -175,10 +188,21 @@ class RLHF:
         sample_s = time.perf_counter() - t0
         batch = collate([s.encoded() for s in samples], self.tokenizer.pad_token_id)
         scores = self.scorer(samples, batch).float().tolist()
+        self._gap = self._sampler_gap(policy, samples[:GAP_ROWS])
         if self.reference is None:  # --no-track-kl: the sampler's own log-probs stand in (KL 0; β is 0)
             return [(s, score, list(s.token_logps)) for s, score in zip(samples, scores)], sample_s
         ref = completion_logps(self.reference, batch, self.temperature)
         return [(s, score, ref.token_logps[i, ref.mask[i]].tolist()) for i, (s, score) in enumerate(zip(samples, scores))], sample_s
+
+    def _sampler_gap(self, policy, samples: list[Sample]) -> float:
+        """Mean |log π_trainer - log π_sampler| per token over ``samples``: the training forward
+        (:func:`preftune.logprobs.completion_logps`) against the decoder's own log-probs of the tokens
+        it drew, same weights."""
+        if not samples:
+            return 0.0
+        lp = completion_logps(policy, collate([s.encoded() for s in samples], self.tokenizer.pad_token_id), self.temperature)
+        drawn = torch.cat([torch.tensor(s.token_logps) for s in samples])
+        return float((lp.token_logps[lp.mask].float().cpu() - drawn).abs().mean())
 
     @torch.no_grad()
     def collect(self, iteration: int) -> dict:
@@ -209,6 +233,13 @@ class RLHF:
             batch.input_ids, batch.attention_mask, batch.completion_mask, old_logps, ref_logps, kl, trained_scores, rewards, carry["beta"]
         )
 
+        disagreement = None
+        if self.judges:  # the proxy's and each watching reward model's scores of the same samples: their spread
+            members = [torch.tensor([r[1] for r in rows])] + [
+                score_samples(j, samples, self.tokenizer.pad_token_id).cpu() for j in self.judges
+            ]
+            disagreement = float(torch.stack(members).std(0).mean())
+
         mean_reward = float(rewards.mean())
         baseline = mean_reward if carry["baseline"] is None else carry["baseline"]
         targets, stats = self.algorithm.targets(rollout.to(model_device(self.policy)), baseline)
@@ -228,6 +259,8 @@ class RLHF:
             "entropy": float(-old_logps.sum(-1).mean()),  # Monte Carlo sequence entropy, -E[log π(y)]
             "length": float(mask.sum(-1).float().mean()),
             "eos_rate": float(ended.float().mean()),
+            "sampler_gap": distributed.sum_all(self._gap) / distributed.world_size(),  # per token, over each process's first samples
+            **({"disagreement": disagreement} if disagreement is not None else {}),
             **stats,
             "sample_s": round(sample_s, 3),  # generation (rank 0's share under torchrun)
             "score_s": round(time.perf_counter() - t0 - sample_s, 3),  # scoring, the reference pass, gathering, targets
@@ -262,9 +295,18 @@ class RLHF:
         return Rollout(**blob["targets"])
 
     def final_rollout(self) -> dict:
-        """A rollout of the final policy, only measured (its score, gold and KL close the curve)."""
-        self._rollout(self.cfg.iterations)
-        return self._rows[self.cfg.iterations]
+        """A rollout of the final policy, only measured (its score, gold and KL close the curve); after
+        the last iteration trained on (``iterations``, or fewer when an alarm stopped the run)."""
+        final = max(self._rows) + 1 if self._rows else 0
+        self._rollout(final)
+        return self._rows[final]
+
+    def monitors(self) -> dict[str, float]:
+        """The current rollout's statistics as ``rollout/*``, for the loop's alarms."""
+        if self._current is None:
+            return {}
+        row = self._rows.get(self._current[0], {})
+        return {f"rollout/{k}": row[k] for k in MONITORED if row.get(k) is not None}
 
     # -- the Method protocol ----------------------------------------------------------------
 

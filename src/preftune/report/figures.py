@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 from ..atomic import write_atomic
-from .results import HEADLINE, TITLES, MissingResult
+from .results import TITLES, MissingResult, ordered
 
 
 def _reference_lines(ax, pol: dict) -> None:
@@ -61,7 +61,7 @@ def _plot_overoptimisation(plt, res: dict):
 
 def _plot_methods(plt, res: dict):
     pol = res.get("policies", {})
-    rows = [m for m in HEADLINE if m in pol]
+    rows = ordered(pol)
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(7.5, 3.6))

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .results import HEADLINE, above, below, compare, comparisons, title
+from .results import HEADLINE, above, below, compare, comparisons, ordered, title
 from .writers import Html
 
 
@@ -15,7 +15,7 @@ def sft_findings(h: Html, res: dict) -> list[str]:
         f"SFT {compare(c['sft_vs_demonstrator'], 'beats', 'stays below', 'is indistinguishable from')} the demonstrator it imitates: "
         f"{h.interval('claims.sft_vs_demonstrator')}."
     ]
-    tuned = [m for m in HEADLINE if f"{m}_vs_sft" in c]
+    tuned = ordered(k[: -len("_vs_sft")] for k in c if k.endswith("_vs_sft"))
     groups = {
         ("beats", "beat"): [m for m in tuned if above(c[f"{m}_vs_sft"])],
         ("is indistinguishable from", "are indistinguishable from"): [

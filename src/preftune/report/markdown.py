@@ -4,7 +4,7 @@ terminal's table."""
 from __future__ import annotations
 
 from .findings import LEVER_COLUMNS, LEVERS_NOTE, findings, intervals_note, lever_rows, provenance
-from .results import HEADLINE, fmt, lookup, title
+from .results import fmt, lookup, ordered, title
 from .writers import Text
 
 
@@ -14,7 +14,7 @@ def markdown(res: dict, source: str, samples: int = 0) -> str:
     policy's completion for the first held-out prompts, one table per prompt."""
     h = Text(res)
     pol = res.get("policies", {})
-    rows = [m for m in HEADLINE if m in pol] if len(pol) > 1 else []
+    rows = ordered(pol) if len(pol) > 1 else []
     seeded = any("gold_seeds_ci95" in pol[m] for m in rows)
     head = ["policy", "gold reward", "± 95% CI (prompts)", *(["± 95% CI (seeds)"] if seeded else []), "win rate vs SFT", "KL to SFT"]
     head += ["length", "well-formed", "distinct-2", "train s"]
@@ -43,7 +43,7 @@ def markdown(res: dict, source: str, samples: int = 0) -> str:
         lines += ["", LEVERS_NOTE]
     for i, s in enumerate(res.get("samples", [])[:samples]):
         lines += ["", f"Samples for held-out prompt {i + 1}, {_cell(_request(s['prompt']))}:", "", "| policy | completion |", "|---|---|"]
-        lines += [f"| {title(res, m)} | {_cell(h.num(f'samples.{i}.completions.{m}'))} |" for m in HEADLINE if m in s["completions"]]
+        lines += [f"| {title(res, m)} | {_cell(h.num(f'samples.{i}.completions.{m}'))} |" for m in ordered(s["completions"])]
     return "\n".join(lines) + "\n"
 
 
@@ -64,7 +64,7 @@ def _cell(text: str) -> str:
 def summary_table(res: dict) -> str:
     """The terminal's table: the same numbers as the report's methods table."""
     pol = res.get("policies", {})
-    rows = [m for m in HEADLINE if m in pol]
+    rows = ordered(pol)
     head = f"{'policy':<14}{'gold':>8}{'± CI':>8}{'win/SFT':>9}{'KL':>8}{'length':>8}{'train s':>9}"
     lines = [head, "-" * len(head)]
     for m in rows:

@@ -28,6 +28,13 @@ TITLES = {
 HEADLINE = tuple(TITLES)  # the methods table's rows, in order, where the results have them
 
 
+def ordered(names) -> list[str]:
+    """``names`` as the methods table orders them: :data:`HEADLINE`'s first, then any other (a variant
+    an experiment file named, such as ``dpo-nll``) in the order given."""
+    names = list(names)
+    return [m for m in HEADLINE if m in names] + [m for m in names if m not in TITLES]
+
+
 def title(res: dict, method: str) -> str:
     """A method's title in the report; the base row names the pretrained model an experiment started from."""
     start = res.get("config", {}).get("start")

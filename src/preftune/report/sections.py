@@ -14,13 +14,13 @@ from .findings import (
     overopt_findings,
     sft_findings,
 )
-from .results import HEADLINE, title
+from .results import ordered, title
 from .writers import Html, block, figure_tag, html_table, td_row, th_row
 
 
 def _methods(h: Html, res: dict, figures: list[str]) -> str | None:
     pol = res.get("policies", {})
-    rows = [m for m in HEADLINE if m in pol]
+    rows = ordered(pol)
     if not rows:
         return None
     seeded = any("gold_seeds_ci95" in pol[m] for m in rows)
@@ -54,8 +54,7 @@ def _vs_sft(h: Html, res: dict, figures: list[str]) -> str | None:
     text = " ".join(sft_findings(h, res))
     rows = [
         td_row(title(res, m), h.interval(f"claims.{m}_vs_sft"), h.interval(f"claims.{m}_vs_demonstrator"))
-        for m in HEADLINE
-        if f"{m}_vs_sft" in c
+        for m in ordered(k[: -len("_vs_sft")] for k in c if k.endswith("_vs_sft"))
     ]
     return f"<p>\n{text}\n</p>" + html_table(th_row("method", "− SFT", "− demonstrator"), rows)
 
