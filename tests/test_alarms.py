@@ -148,3 +148,25 @@ def test_an_rl_run_driven_off_its_reference_stops_on_its_alarm_and_logs_the_moni
     assert all(r["disagreement"] > 0 for r in rows)
     assert len(rows) < 13 and rows[-2]["kl"] > 2  # stopped on the rollout whose KL crossed, then the final one measured
     assert any("alarm/kl" in r for r in _rows(out / "metrics.jsonl"))
+
+
+def test_a_run_went_wrong_when_gold_stood_the_fall_below_its_best_so_far_and_the_lead_counts_steps_before_that():
+    from preftune.experiments.runners import alarm_outcome, alarm_summary
+
+    collapse = [(0, 0.6), (40, 0.7), (80, 0.55), (120, -0.1), (160, 0.65)]  # best 0.7, then 0.15 and 0.8 below it; recovers
+    a = alarm_outcome(collapse, 170, [(80, "kl"), (120, "eos"), (120, "length")], fall=0.2)
+    assert a["went_wrong"] and a["drop_step"] == 120 and a["fell"] == pytest.approx(0.8)
+    assert a["alarm_step"] == 80 and a["rules"] == ["kl"] and a["lead"] == 40 and a["peak"] == 0.7 and a["end"] == 0.65
+    late = alarm_outcome(collapse, 170, [(160, "kl")], fall=0.2)
+    assert late["lead"] == -40  # fired after gold had fallen
+    drift = alarm_outcome([(0, 0.6), (40, 0.75), (80, 0.56), (120, 0.6)], 120, [], fall=0.2)  # 0.19 below its best: healthy
+    assert not drift["went_wrong"] and drift["lead"] is None and not drift["flagged"]
+    noisy = alarm_outcome([(0, 0.6), (40, 0.62)], 40, [(40, "length")], fall=0.2)
+    assert alarm_summary([a, late, drift, noisy]) == {
+        "runs": 4,
+        "went_wrong": 2,
+        "detected": 2,
+        "healthy": 2,
+        "false_alarms": 1,
+        "lead_median": 0.0,
+    }

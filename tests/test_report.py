@@ -149,6 +149,23 @@ def test_a_results_file_whose_figure_data_lacks_a_key_is_one_line_naming_the_fig
     assert not (tmp_path / "report.html").exists()
 
 
+def _check_spans(page: _Spans, saved: dict) -> None:
+    """Each printed number is the results file's, rounded as its span says."""
+    for key, digits, text in page.spans:
+        value = saved
+        for part in key.split("."):
+            value = value[int(part)] if isinstance(value, list) else value[part]
+        if value is None:
+            assert text == "–", key
+        elif isinstance(value, bool):
+            assert text == ("yes" if value else "no"), key
+        elif isinstance(value, str):  # the run's provenance: command, machine, date, version, commit
+            assert text == value, key
+        else:
+            assert float(text) == pytest.approx(value, abs=0.5 * 10 ** -abs(digits) + 1e-9), key
+            assert (text[0] in "+-") == (digits < 0) or value < 0, key
+
+
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
@@ -165,19 +182,7 @@ def test_quick_demo_report_has_every_section_and_its_numbers_are_the_results(qui
     page.feed((out / "report.html").read_text())
     assert set(SECTIONS) <= page.ids
     assert len(page.spans) > 150
-    for key, digits, text in page.spans:  # each printed number is the file's, rounded as its span says
-        value = saved
-        for part in key.split("."):
-            value = value[int(part)] if isinstance(value, list) else value[part]
-        if value is None:
-            assert text == "–", key
-        elif isinstance(value, bool):
-            assert text == ("yes" if value else "no"), key
-        elif isinstance(value, str):  # the run's provenance: command, machine, date, version, commit
-            assert text == value, key
-        else:
-            assert float(text) == pytest.approx(value, abs=0.5 * 10 ** -abs(digits) + 1e-9), key
-            assert (text[0] in "+-") == (digits < 0) or value < 0, key
+    _check_spans(page, saved)
     # no decimal number reaches the page except through a span (samples are model text, allowed)
     visible = " ".join(page.outside)
     visible = visible.split("8. Samples side by side")[0]
@@ -261,6 +266,47 @@ def test_seed_aggregation_hand_values():
     assert (c["seeds"]["lo"], c["seeds"]["hi"]) == pytest.approx((0.06 - 4.303 * 0.04 / 3**0.5, 0.06 + 4.303 * 0.04 / 3**0.5))
     assert c["lo"] > 0  # over prompts the pooled interval is clear of zero ...
     assert report.compare(c, "beats", "trails", "ties") == "ties"  # ... but the seeds disagree: 0.06 ± 0.099
+    assert c["seeds"]["above"] == 3  # yet above zero on every seed
+
+
+def test_the_alarms_section_prints_only_the_results_numbers(tmp_path, capsys):
+    """An alarms results block (two seeds of a collapsing and a healthy DPO run) on the page and in
+    Markdown: the table per run name, the detection sentence, and the collapse worked example."""
+    from preftune.experiments.runners import alarm_outcome, alarm_summary, alarm_table
+
+    def monitors(steps, gold, chosen):
+        keys = ("logratio/rejected", "margin", "sample/kl", "sample/length", "sample/eos_rate", "eos_chosen")
+        return [
+            {"step": t, "sample/gold": g, "logratio/chosen": c, **{k: 0.25 * i for k in keys}}
+            for i, (t, g, c) in enumerate(zip(steps, gold, chosen))
+        ]
+
+    runs = []
+    for seed in (0, 1):
+        steps, gold = [0, 40, 80, 120], [0.6, 0.7, 0.1 + 0.3 * seed, 0.6]
+        bad = alarm_outcome(list(zip(steps, gold)), 120, [(80 - 40 * seed, "kl")], 0.2)
+        runs.append({"name": "dpo-weak", "command": "dpo", "seed": seed, **bad, "monitors": monitors(steps, gold, [0, -1.5, -6.25, -2])})
+        fine = alarm_outcome(list(zip(steps, [0.6, 0.65, 0.7, 0.7])), 120, [], 0.2)
+        runs.append({"name": "dpo", "command": "dpo", "seed": seed, **fine, "monitors": monitors(steps, [0.6, 0.65, 0.7, 0.7], [0] * 4)})
+    res = {
+        "heldout_prompts": 0,
+        "policies": {},
+        "seconds": {"total": 1.0},
+        "alarms": {"fall": 0.2, "runs": runs, "summary": alarm_summary(runs), "by_name": alarm_table(runs)},
+    }
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    assert main(["report", str(tmp_path)]) == 0
+    page = _Spans()
+    page.feed((tmp_path / "report.html").read_text())
+    assert "alarms" in page.ids
+    _check_spans(page, res)
+    assert not re.findall(r"\d+\.\d+", " ".join(page.outside))
+    capsys.readouterr()
+    assert main(["report", str(tmp_path), "--markdown"]) == 0
+    text = capsys.readouterr().out
+    assert "| dpo-weak | 2 | 2 | 2 | 0 | 0 | 20 |" in text  # leads 0 and 40: median 20
+    assert "| all runs | 4 | 2 | 2 | 2 | 0 | 20 |" in text
+    assert "dpo-weak (seed 0), from step 40 to step 80" in text and "log π(chosen) − log π_ref(chosen) -1.50 → -6.25" in text
 
 
 TIMES = {"seconds", "wall_s", "eval_s", "date"}  # wall-clock times, and the day a run was made

@@ -38,11 +38,16 @@ def curves(run: str | Path) -> dict[str, tuple[str, list[float], list[float]]]:
             if not _number(row.get(x)):
                 continue
             for key, value in row.items():
-                if key != x and _number(value) and math.isfinite(value):
+                if key != x and not key.startswith("alarm/") and _number(value) and math.isfinite(value):
                     _, xs, ys = out.setdefault(prefix + key, (x, [], []))
                     xs.append(row[x])
                     ys.append(value)
     return out
+
+
+def alarm_steps(run: str | Path) -> list[tuple[int, str]]:
+    """(step, rule) of every alarm the run raised (``alarm/NAME`` in metrics.jsonl, :mod:`preftune.alarms`)."""
+    return [(row["step"], k.removeprefix("alarm/")) for row in _rows(Path(run) / "metrics.jsonl") for k in row if k.startswith("alarm/")]
 
 
 def plot(cfg: PlotConfig) -> Path:
@@ -61,14 +66,19 @@ def plot(cfg: PlotConfig) -> Path:
     cols = min(4, len(names))
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.5 * rows), squeeze=False)
+    alarms = alarm_steps(cfg.run)
     for ax, name in zip(axes.flat, names):
         x, xs, ys = found[name]
         ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, ms=3, lw=1.2)
+        for step in sorted({t for t, _ in alarms}) if x == "step" else []:  # each alarm, where it fired
+            ax.axvline(step, color="#c44e52", ls="--", lw=0.8)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(x, fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(names) :]:
         ax.set_visible(False)
+    if alarms:
+        fig.suptitle("alarms (dashed): " + ", ".join(f"{rule} at step {t}" for t, rule in alarms), fontsize=9, color="#c44e52")
     fig.tight_layout()
     out = Path(cfg.out) if cfg.out else Path(cfg.run) / "curves.png"
     save_png(fig, out, dpi=100)  # makes its directory

@@ -38,7 +38,7 @@ from ..atomic import write_atomic
 from ..report.markdown import summary_table
 from ..report.page import render
 from .pipeline import Pipeline, check_settings, merge
-from .runners import RUNNERS, alarm_summary, check_levers
+from .runners import RUNNERS, alarm_summary, alarm_table, check_levers
 
 HERE = Path(__file__).parent
 DEMO_FILE, QUICK_FILE = HERE / "demo.yaml", HERE / "quick.yaml"
@@ -221,7 +221,9 @@ def aggregate(per_seed: list[dict], seeds: list[int]) -> dict:
         if isinstance(claim, dict) and "lo" in claim and all(c is not None for c in claims):
             half = _pooled_ci([(c["hi"] - c["lo"]) / 2 for c in claims])
             d = statistics.fmean(c["diff"] for c in claims)
-            res["claims"][name] = {"diff": d, "lo": d - half, "hi": d + half, "seeds": seed_interval([c["diff"] for c in claims])}
+            seeds_ci = seed_interval([c["diff"] for c in claims])
+            seeds_ci["above"] = sum(x > 0 for x in seeds_ci["per_seed"])  # seeds on which the difference is positive
+            res["claims"][name] = {"diff": d, "lo": d - half, "hi": d + half, "seeds": seeds_ci}
     tuned = first["claims"].get("beat_demonstrator")
     if tuned is not None:
         candidates = [
@@ -231,7 +233,7 @@ def aggregate(per_seed: list[dict], seeds: list[int]) -> dict:
         res["claims"]["beat_demonstrator"] = {"methods": beat, "count": len(beat), "of": len(candidates)}
     if "alarms" in first:  # every seed's runs, judged together
         runs = [{**r, "seed": s} for s, one in zip(seeds, per_seed) for r in one["alarms"]["runs"]]
-        res["alarms"] = {"fall": first["alarms"]["fall"], "runs": runs, "summary": alarm_summary(runs)}
+        res["alarms"] = {"fall": first["alarms"]["fall"], "runs": runs, "summary": alarm_summary(runs), "by_name": alarm_table(runs)}
     if "reward_model" in first:
         res["reward_model"] = _mean_of([r["reward_model"] for r in per_seed])
         res["reward_model"]["gold_pair_accuracy_per_seed"] = [r["reward_model"]["gold_pair_accuracy"] for r in per_seed]

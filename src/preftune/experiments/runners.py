@@ -372,6 +372,34 @@ def alarm_summary(runs: list[dict]) -> dict:
     }
 
 
+def alarm_table(runs: list[dict]) -> list[dict]:
+    """:func:`alarm_summary` per run name (over seeds), in the order the names first appear."""
+    names = list(dict.fromkeys(r["name"] for r in runs))
+    return [{"name": n, **alarm_summary([r for r in runs if r["name"] == n])} for n in names]
+
+
+DPO_MONITORS = ("logratio/chosen", "logratio/rejected", "margin", "sample/kl", "sample/length", "sample/eos_rate", "sample/gold")
+
+
+def _dpo_monitors(rows: list[dict]) -> list[dict]:
+    """A DPO-family run's monitors at each evaluation, with the chosen completions' EOS log-prob
+    (a training metric) averaged over the steps logged since the previous one."""
+    out, since = [], []
+    for r in rows:
+        if "logps/eos_chosen" in r:
+            since.append(r["logps/eos_chosen"])
+        if "eval/sample/gold" in r:
+            out.append(
+                {
+                    "step": r["step"],
+                    **{k: r.get(f"eval/{k}") for k in DPO_MONITORS},
+                    "eos_chosen": statistics.fmean(since) if since else None,
+                }
+            )
+            since = []
+    return out
+
+
 def alarms(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
     """The alarms judged on gold, over every policy the file's other experiments train (put it last):
     per run, gold's peak along the run and its fall to the end, and the first alarm with its lead
@@ -389,8 +417,9 @@ def alarms(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
         fired = [(r["step"], k.removeprefix("alarm/")) for r in rows for k in r if k.startswith("alarm/")]
         config = json.loads((run / "run_config.json").read_text())
         outcome = alarm_outcome(curve, last, fired, fall)
-        runs.append({"name": name, "command": config["command"], "thresholds": config["alarm"], "curve": curve, **outcome})
-    res["alarms"] = {"fall": fall, "runs": runs, "summary": alarm_summary(runs)}
+        monitors = {"monitors": _dpo_monitors(rows)} if config["command"] == "dpo" else {}
+        runs.append({"name": name, "command": config["command"], "thresholds": config["alarm"], "curve": curve, **outcome, **monitors})
+    res["alarms"] = {"fall": fall, "runs": runs, "summary": alarm_summary(runs), "by_name": alarm_table(runs)}
 
 
 RUNNERS = {

@@ -121,10 +121,106 @@ def gold_findings(h: Html, res: dict) -> list[str]:
     return out
 
 
+def seed_findings(h: Html, res: dict) -> list[str]:
+    """Over several seeds: on how many each tuned policy beats SFT, and how wide its seed interval is."""
+    c, pol = res.get("claims", {}), res.get("policies", {})
+    out = []
+    for m in ordered(k[: -len("_vs_sft")] for k in c if k.endswith("_vs_sft") and "seeds" in c[k]):
+        k = f"claims.{m}_vs_sft.seeds"
+        diffs = ", ".join(h.num(f"{k}.per_seed.{i}", -3) for i in range(len(c[f"{m}_vs_sft"]["seeds"]["per_seed"])))
+        spread = (
+            f"; gold {h.num(f'policies.{m}.gold')} ± {h.num(f'policies.{m}.gold_seeds_ci95')} over seeds"
+            if pol.get(m, {}).get("gold_seeds_ci95") is not None
+            else ""
+        )
+        out.append(f"{h.esc(title(res, m))} is above SFT on {h.num(k + '.above', 0)} of {h.num(k + '.n', 0)} seeds ({diffs}){spread}.")
+    return out
+
+
+def alarm_findings(h: Html, res: dict) -> list[str]:
+    """The alarms judged on gold: detection, false alarms, lead."""
+    a = res.get("alarms")
+    if not a or not a["runs"]:
+        return []
+    k = "alarms.summary"
+    lead = f", a median {h.num(k + '.lead_median', 0)} steps before gold fell that far" if a["summary"]["lead_median"] is not None else ""
+    return [
+        f"Of {h.num(k + '.runs', 0)} training runs, {h.num(k + '.went_wrong', 0)} went wrong (gold at some point {h.num('alarms.fall', 2)} "
+        f"or more below its best so far). An alarm flagged {h.num(k + '.detected', 0)} of them{lead}, and "
+        f"{h.num(k + '.false_alarms', 0)} of the {h.num(k + '.healthy', 0)} runs that did not go wrong."
+    ]
+
+
+COLLAPSE_KEYS = (
+    ("sample/gold", "gold of its samples", -3),
+    ("logratio/chosen", "log π(chosen) − log π_ref(chosen)", -2),
+    ("logratio/rejected", "log π(rejected) − log π_ref(rejected)", -2),
+    ("margin", "their margin", -2),
+    ("sample/kl", "KL to pi_SFT", 1),
+    ("sample/length", "sample length", 1),
+    ("sample/eos_rate", "share of samples that end", 2),
+    ("eos_chosen", "log-prob of EOS after a chosen completion", 4),
+)
+
+
+def collapse_findings(h: Html, res: dict) -> list[str]:
+    """The first DPO-family run that went wrong, from the evaluation before gold fell to the one where it had."""
+    runs = res.get("alarms", {}).get("runs", [])
+    for i, r in enumerate(runs):
+        steps = [m["step"] for m in r.get("monitors", [])]
+        if not r["went_wrong"] or r["drop_step"] not in steps or steps.index(r["drop_step"]) == 0:
+            continue
+        j = steps.index(r["drop_step"])
+        k = f"alarms.runs.{i}.monitors"
+        moves = "; ".join(f"{what} {h.num(f'{k}.{j - 1}.{key}', d)} → {h.num(f'{k}.{j}.{key}', d)}" for key, what, d in COLLAPSE_KEYS)
+        seed = f" (seed {h.num(f'alarms.runs.{i}.seed', 0)})" if "seed" in r else ""
+        return [
+            f"{h.esc(r['name'])}{seed}, from step {h.num(f'{k}.{j - 1}.step', 0)} to step {h.num(f'{k}.{j}.step', 0)}, means over "
+            f"the held-out pairs and the monitor's samples: {moves}."
+        ]
+    return []
+
+
 def findings(h: Html, res: dict) -> list[str]:
     """Every sentence of the report that states a result, in page order."""
-    parts = (sft_findings, gold_findings, frontier_findings, online_findings, overopt_findings, diverse_findings, rm_findings)
+    parts = (
+        sft_findings,
+        seed_findings,
+        gold_findings,
+        frontier_findings,
+        online_findings,
+        overopt_findings,
+        diverse_findings,
+        rm_findings,
+    )
+    parts += (alarm_findings, collapse_findings)
     return [x for part in parts for x in part(h, res)]
+
+
+ALARM_COLUMNS = (
+    ("runs", "runs"),
+    ("went_wrong", "went wrong"),
+    ("detected", "flagged"),
+    ("healthy", "healthy"),
+    ("false_alarms", "flagged (false alarms)"),
+    ("lead_median", "median lead, steps"),
+)
+
+
+def alarm_rows(h: Html, res: dict) -> list[list[str]]:
+    """The alarms table: one row per run name (over seeds), then all runs."""
+    a = res.get("alarms")
+    if not a or not a["runs"]:
+        return []
+    rows = [[h.esc(r["name"]), *(h.num(f"alarms.by_name.{i}.{key}", 0) for key, _ in ALARM_COLUMNS)] for i, r in enumerate(a["by_name"])]
+    return rows + [["all runs", *(h.num(f"alarms.summary.{key}", 0) for key, _ in ALARM_COLUMNS)]]
+
+
+ALARMS_NOTE = (
+    "A run went wrong when the gold of its own samples (a DPO run's monitor prompts at each evaluation, an RL run's rollouts) stood "
+    "the stated fall or more below its best so far at some point; flagged: an alarm fired at any step; lead: steps from the first "
+    "alarm to the point gold had fallen that far (negative: the alarm came after). Thresholds: each run's --alarm.* settings."
+)
 
 
 LEVER_COLUMNS = (

@@ -3,7 +3,7 @@ terminal's table."""
 
 from __future__ import annotations
 
-from .findings import LEVER_COLUMNS, LEVERS_NOTE, findings, intervals_note, lever_rows, provenance
+from .findings import ALARM_COLUMNS, ALARMS_NOTE, LEVER_COLUMNS, LEVERS_NOTE, alarm_rows, findings, intervals_note, lever_rows, provenance
 from .results import fmt, lookup, ordered, title
 from .writers import Text
 
@@ -41,6 +41,12 @@ def markdown(res: dict, source: str, samples: int = 0) -> str:
         lines += [""] * (lines[-1] != "") + ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
         lines += ["| " + " | ".join(r) + " |" for r in levers]
         lines += ["", LEVERS_NOTE]
+    alarms = alarm_rows(h, res)
+    if alarms:
+        titles = ["run", *(t for _, t in ALARM_COLUMNS)]
+        lines += [""] * (lines[-1] != "") + ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+        lines += ["| " + " | ".join(r) + " |" for r in alarms]
+        lines += ["", ALARMS_NOTE]
     for i, s in enumerate(res.get("samples", [])[:samples]):
         lines += ["", f"Samples for held-out prompt {i + 1}, {_cell(_request(s['prompt']))}:", "", "| policy | completion |", "|---|---|"]
         lines += [f"| {title(res, m)} | {_cell(h.num(f'samples.{i}.completions.{m}'))} |" for m in ordered(s["completions"])]

@@ -5,13 +5,19 @@ from __future__ import annotations
 import html
 
 from .findings import (
+    ALARM_COLUMNS,
+    ALARMS_NOTE,
     LEVER_COLUMNS,
     LEVERS_NOTE,
+    alarm_findings,
+    alarm_rows,
+    collapse_findings,
     diverse_findings,
     frontier_findings,
     lever_rows,
     online_findings,
     overopt_findings,
+    seed_findings,
     sft_findings,
 )
 from .results import ordered, title
@@ -51,7 +57,7 @@ def _vs_sft(h: Html, res: dict, figures: list[str]) -> str | None:
     c = res.get("claims", {})
     if "sft_vs_demonstrator" not in c:
         return None
-    text = " ".join(sft_findings(h, res))
+    text = " ".join(sft_findings(h, res) + seed_findings(h, res))
     rows = [
         td_row(title(res, m), h.interval(f"claims.{m}_vs_sft"), h.interval(f"claims.{m}_vs_demonstrator"))
         for m in ordered(k[: -len("_vs_sft")] for k in c if k.endswith("_vs_sft"))
@@ -153,6 +159,15 @@ def _levers(h: Html, res: dict, figures: list[str]) -> str | None:
     return block(html_table(head, [td_row(*r) for r in rows]), f"<p class='note'>{html.escape(LEVERS_NOTE)}</p>")
 
 
+def _alarms(h: Html, res: dict, figures: list[str]) -> str | None:
+    rows = alarm_rows(h, res)
+    if not rows:
+        return None
+    table = html_table(th_row("run", *(t for _, t in ALARM_COLUMNS)), [td_row(*r) for r in rows])
+    said = [f"<p>{x}</p>" for x in alarm_findings(h, res) + collapse_findings(h, res)]
+    return block(*said, table, f"<p class='note'>{html.escape(ALARMS_NOTE)}</p>")
+
+
 def _samples(h: Html, res: dict, figures: list[str]) -> str | None:
     if not res.get("samples"):
         return None
@@ -175,6 +190,7 @@ SECTIONS = (
     ("diverse", "Diverse preferences", _diverse),
     ("reward-model", "Reward model against the Bayes optimum", _reward_model),
     ("reward-levers", "Reward-model levers", _levers),
+    ("alarms", "Alarms judged on gold", _alarms),
     ("samples", "Samples side by side", _samples),
 )
 """(id, heading, body) of each section in page order; ``body`` gives the HTML between the ``<h2>`` and
