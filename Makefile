@@ -53,7 +53,7 @@ readme: $(STAMP)  ## refill the README's generated blocks
 # results.json into results/ and refill the README from them.
 results: $(STAMP)
 	mkdir -p results
-	for run in demo seeds reward smollm2; do if [ -f runs/$$run/results.json ]; then cp runs/$$run/results.json results/$$run.json; fi; done
+	for run in demo seeds reward smollm2 defaults; do if [ -f runs/$$run/results.json ]; then cp runs/$$run/results.json results/$$run.json; fi; done
 	$(BIN)/python scripts/render_readme.py
 
 # TRL beside preftune, same machine, same run: the shared workload's two TRL environments (its

@@ -124,6 +124,12 @@ def test_a_dpo_run_driven_off_its_reference_raises_an_alarm_and_can_stop_there(t
     assert len(at) == 1 and rows[0]["eval/sample/kl"] <= 3 < next(r["eval/sample/kl"] for r in rows if "alarm/kl" in r)
     assert (rows[-1]["step"] == at[0]) if stop else (rows[-1]["step"] == 30 > at[0])
     assert (out / "model.safetensors").exists()
+    from preftune.alarms import dpo_rules, replay
+    from preftune.commands.plot import alarm_steps
+
+    # replayed over the logged monitors, the same rules raise the same alarms at the same steps
+    assert sorted(replay(rows, dpo_rules(AlarmConfig(kl=3)))) == sorted(alarm_steps(out)) != []
+    assert ("kl" in dict((r, t) for t, r in alarm_steps(out))) and main(["plot", str(out)]) == 0 and (out / "curves.png").exists()
     assert {"logps/ref_chosen", "logps/eos_chosen", "eval/logratio/chosen", "eval/margin", "eval/sample/length"} <= set(rows[1])
     assert rows[0]["step"] == 0 and rows[0]["eval/sample/kl"] == pytest.approx(0.0, abs=1e-4)  # pi_SFT, measured before training
 

@@ -304,7 +304,7 @@ def test_the_alarms_section_prints_only_the_results_numbers(tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(tmp_path), "--markdown"]) == 0
     text = capsys.readouterr().out
-    assert "| dpo-weak | 2 | 2 | 2 | 0 | 0 | 20 |" in text  # leads 0 and 40: median 20
+    assert "| dpo-weak | 2 | 2 | 2 | 0 | 0 | 20 |" in text, text  # leads 0 and 40: median 20
     assert "| all runs | 4 | 2 | 2 | 2 | 0 | 20 |" in text
     assert "dpo-weak (seed 0), from step 40 to step 80" in text and "log π(chosen) − log π_ref(chosen) -1.50 → -6.25" in text
 

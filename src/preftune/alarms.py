@@ -147,3 +147,18 @@ class Alarms:
 
     def load_state(self, state: Mapping) -> None:
         self.start, self.fired = dict(state.get("start", {})), dict(state.get("fired", {}))
+
+
+def replay(rows: list[dict], rules: dict[str, Rule]) -> list[tuple[int, str]]:
+    """(step, rule) of the alarms ``rules`` raise over a run's logged monitors, as the loop raises
+    them: ``rows`` in step order, each ``{"step": N, NAME: value, ...}``; a step-0 row holds the
+    values measured before training (the starts). Thresholds can so be judged on runs made with
+    others (``preftune experiment``'s ``alarms``)."""
+    alarms, fired = Alarms(rules), []
+    for row in rows:
+        values = {k: v for k, v in row.items() if k not in ("step", "epoch") and isinstance(v, (int, float))}
+        if row["step"] == 0:
+            alarms.observe_start(values)
+        else:
+            fired += [(row["step"], name) for name in alarms.check(row["step"], values)]
+    return fired

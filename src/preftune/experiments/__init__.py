@@ -208,6 +208,8 @@ def aggregate(per_seed: list[dict], seeds: list[int]) -> dict:
         if len(rows) < len(per_seed):
             continue
         scalar = {k: _mean_of([r.get(k) for r in rows]) for k, v in rows[0].items() if k not in ("gold_per_prompt", "key", "examples")}
+        if "alarms" in rows[0]:  # which seeds' runs raised one
+            scalar["alarms"] = f"{sum(r['alarms'] != 'none' for r in rows)} of {len(rows)} seeds"
         gold = seed_interval([r["gold"] for r in rows])
         res["policies"][name] = {
             **scalar,
@@ -233,7 +235,11 @@ def aggregate(per_seed: list[dict], seeds: list[int]) -> dict:
         res["claims"]["beat_demonstrator"] = {"methods": beat, "count": len(beat), "of": len(candidates)}
     if "alarms" in first:  # every seed's runs, judged together
         runs = [{**r, "seed": s} for s, one in zip(seeds, per_seed) for r in one["alarms"]["runs"]]
-        res["alarms"] = {"fall": first["alarms"]["fall"], "runs": runs, "summary": alarm_summary(runs), "by_name": alarm_table(runs)}
+        res["alarms"] = {**first["alarms"], "runs": runs, "summary": alarm_summary(runs), "by_name": alarm_table(runs)}
+        tuned = first["alarms"].get("tuned_on") or []
+        if tuned:  # judged again on the seeds the thresholds were not chosen on
+            res["alarms"]["held_out_seeds"] = [s for s in seeds if s not in tuned]
+            res["alarms"]["held_out"] = alarm_summary([r for r in runs if r["seed"] not in tuned])
     if "reward_model" in first:
         res["reward_model"] = _mean_of([r["reward_model"] for r in per_seed])
         res["reward_model"]["gold_pair_accuracy_per_seed"] = [r["reward_model"]["gold_pair_accuracy"] for r in per_seed]

@@ -340,7 +340,7 @@ class Pipeline:
         if key and cache.exists():
             saved = json.loads(cache.read_text())
             if saved.get("key") == key and saved.get("n") == len(ref_samples):
-                return saved
+                return {**saved, **self.alarms(name)}
         s = time.perf_counter()
         if samples is None:
             model, tok = load_policy(self.path(name))
@@ -361,7 +361,17 @@ class Pipeline:
             "key": key,
         }
         write_atomic(cache, json.dumps(result) + "\n")  # makes its directory
-        return result
+        return {**result, **self.alarms(name)}
+
+    def alarms(self, name: str) -> dict:
+        """``{"alarms": "RULE at step N, ..."}`` (or ``"none"``) for a policy whose run watches for
+        alarms (:mod:`preftune.alarms`; its ``alarm/*`` rows in metrics.jsonl); ``{}`` for any other."""
+        run = self.out / name
+        if not (run / "run_config.json").exists() or "alarm" not in json.loads((run / "run_config.json").read_text()):
+            return {}
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        fired = [f"{k.removeprefix('alarm/')} at step {r['step']}" for r in rows for k in r if k.startswith("alarm/")]
+        return {"alarms": ", ".join(fired) or "none"}
 
     def best_of_n(self, reward_dir: str, n: int) -> dict:
         s = time.perf_counter()

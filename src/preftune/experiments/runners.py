@@ -15,11 +15,13 @@ import statistics
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..alarms import dpo_rules, replay, rl_rules
 from ..atomic import write_jsonl
 from ..commands.common import comparisons
-from ..config import PREFERENCE_LOSSES
+from ..config import PREFERENCE_LOSSES, AlarmConfig, override, to_dict
 from ..data import Comparison, Ranking
 from ..evaluate import evaluate_reward_model, mean_ci, paired_bootstrap
+from ..methods.rl import MONITORED
 from ..models import RewardEnsemble, load_policy, load_reward_model
 from ..rollout import sample
 from ..world import lists
@@ -317,6 +319,18 @@ def reward(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
     res["reward_levers"] = rows
 
 
+def _monitor_rows(run: Path) -> list[dict]:
+    """What a run's alarms read, step by step (:func:`preftune.alarms.replay`): a DPO-family run's
+    metrics.jsonl; an RL run's rollouts as ``rollout/*``, each at the first step trained on it (the
+    final rollout, measured after training, is read by no alarm)."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    if not (run / "iterations.jsonl").exists():
+        return rows
+    per = next(r["step"] / r["epoch"] for r in rows if r.get("epoch"))
+    its = [json.loads(line) for line in (run / "iterations.jsonl").read_text().splitlines()][:-1]
+    return [{"step": round(r["iteration"] * per) + 1, **{f"rollout/{k}": r[k] for k in MONITORED if r.get(k) is not None}} for r in its]
+
+
 def _gold_curve(run: Path) -> tuple[list[tuple[int, float]], int]:
     """(step, gold) along a trained policy's run, and its last step: a DPO-family run's sample monitor
     at each evaluation (step 0 is pi_SFT), an RL run's rollouts (the rollout of iteration i measures
@@ -402,9 +416,12 @@ def _dpo_monitors(rows: list[dict]) -> list[dict]:
 
 def alarms(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
     """The alarms judged on gold, over every policy the file's other experiments train (put it last):
-    per run, gold's peak along the run and its fall to the end, and the first alarm with its lead
-    (:func:`alarm_outcome`); then detection rate, false alarms and lead (:func:`alarm_summary`)."""
+    per run, whether gold fell ``fall`` below its best so far, and the first alarm with its lead
+    (:func:`alarm_outcome`); then detection rate, false alarms and lead (:func:`alarm_summary`). The
+    alarms are those the rules raise over the run's logged monitors at ``thresholds`` (changes to
+    ``--alarm.*``'s defaults; :func:`preftune.alarms.replay`), whatever thresholds the run had."""
     fall = float(params.get("fall", 0.2))
+    thresholds = override(AlarmConfig(), params.get("thresholds") or {}, "experiments.alarms.thresholds")
     yield
     runs = []
     for name in p.trained():
@@ -413,13 +430,20 @@ def alarms(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
         curve, last = _gold_curve(run)
         if not curve:
             continue
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        fired = [(r["step"], k.removeprefix("alarm/")) for r in rows for k in r if k.startswith("alarm/")]
         config = json.loads((run / "run_config.json").read_text())
+        fired = replay(_monitor_rows(run), (dpo_rules if config["command"] == "dpo" else rl_rules)(thresholds))
         outcome = alarm_outcome(curve, last, fired, fall)
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         monitors = {"monitors": _dpo_monitors(rows)} if config["command"] == "dpo" else {}
-        runs.append({"name": name, "command": config["command"], "thresholds": config["alarm"], "curve": curve, **outcome, **monitors})
-    res["alarms"] = {"fall": fall, "runs": runs, "summary": alarm_summary(runs), "by_name": alarm_table(runs)}
+        runs.append({"name": name, "command": config["command"], "curve": curve, **outcome, **monitors})
+    res["alarms"] = {
+        "fall": fall,
+        "thresholds": to_dict(thresholds),
+        "tuned_on": [int(x) for x in params.get("tuned_on", [])],  # seeds the thresholds were chosen on (see aggregate)
+        "runs": runs,
+        "summary": alarm_summary(runs),
+        "by_name": alarm_table(runs),
+    }
 
 
 RUNNERS = {

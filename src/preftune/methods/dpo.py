@@ -180,7 +180,9 @@ class DirectPreference:
 
     def start(self, model) -> dict[str, float]:
         """The monitors at pi_SFT (``model`` before training), the alarms' starting values."""
-        at_start = {"eval/logratio/chosen": 0.0, "eval/logratio/rejected": 0.0, "eval/margin": 0.0}
+        at_start = (
+            {"eval/logratio/chosen": 0.0, "eval/logratio/rejected": 0.0, "eval/margin": 0.0} if self.preference_loss.reference else {}
+        )
         if self.sampler is not None:
             was_training = model.training
             model.eval()
@@ -235,7 +237,7 @@ class DirectPreference:
             return delta > 0, self.preference_loss.fn(delta, torch.tensor([p.strength for p in pairs], device=delta.device))
 
         out = self.data.evaluate(won_and_loss)
-        if out:
+        if out and self.preference_loss.reference:  # a reference-free loss (SimPO) has no log-ratios
             n = len(self.data.held_out)
             out |= {k: v / n for k, v in sums.items()}
             out["margin"] = out["logratio/chosen"] - out["logratio/rejected"]

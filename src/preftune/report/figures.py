@@ -73,7 +73,53 @@ def _plot_methods(plt, res: dict):
     return fig
 
 
-PLOTS = (("frontier", _plot_frontier), ("overoptimisation", _plot_overoptimisation), ("methods", _plot_methods))
+COLLAPSE_PANELS = (
+    ("sample/gold", "gold of its samples"),
+    ("logratio/chosen", "log π/π_ref: chosen (—), rejected (- -)"),
+    ("margin", "margin (held-out pairs)"),
+    ("sample/kl", "KL to pi_SFT (log scale)"),
+    ("sample/length", "sample length"),
+    ("sample/eos_rate", "share of samples that end"),
+)
+
+
+def _values(rows: list[dict], key: str) -> list[float]:
+    """``key`` of each row, NaN (a gap in the line) where it is missing (a reference-free loss has no log-ratios)."""
+    return [float("nan") if r.get(key) is None else r[key] for r in rows]
+
+
+def _plot_collapse(plt, res: dict):
+    """Every DPO-family run of one name that went wrong (the first such name), its monitors along the
+    run, one line per seed, a cross at each seed's first alarm."""
+    runs = [r for r in res.get("alarms", {}).get("runs", []) if r.get("monitors")]
+    wrong = next((r["name"] for r in runs if r["went_wrong"]), None)
+    if wrong is None:
+        return None
+    fig, axes = plt.subplots(2, 3, figsize=(11, 5.4))
+    for i, r in enumerate(x for x in runs if x["name"] == wrong):
+        steps = [m["step"] for m in r["monitors"]]
+        label = f"seed {r['seed']}" if "seed" in r else None
+        for ax, (key, what) in zip(axes.flat, COLLAPSE_PANELS):
+            line = ax.plot(steps, _values(r["monitors"], key), lw=1.2, label=label, color=f"C{i}")[0]
+            if key == "logratio/chosen":
+                ax.plot(steps, _values(r["monitors"], "logratio/rejected"), lw=1.0, ls="--", color=line.get_color())
+            if r["alarm_step"] in steps:
+                j = steps.index(r["alarm_step"])
+                ax.plot([steps[j]], _values([r["monitors"][j]], key), marker="x", ms=7, color=line.get_color())
+            ax.set_title(what, fontsize=9)
+            ax.set_xlabel("step", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    axes[1][0].set_yscale("symlog", linthresh=1.0)
+    fig.suptitle(f"{wrong}: monitors at each evaluation (x: the first alarm)", fontsize=10)
+    return fig
+
+
+PLOTS = (
+    ("frontier", _plot_frontier),
+    ("overoptimisation", _plot_overoptimisation),
+    ("methods", _plot_methods),
+    ("collapse", _plot_collapse),
+)
 
 
 def draw(res: dict, figdir: Path) -> list[str]:

@@ -144,11 +144,21 @@ def alarm_findings(h: Html, res: dict) -> list[str]:
         return []
     k = "alarms.summary"
     lead = f", a median {h.num(k + '.lead_median', 0)} steps before gold fell that far" if a["summary"]["lead_median"] is not None else ""
-    return [
+    out = [
         f"Of {h.num(k + '.runs', 0)} training runs, {h.num(k + '.went_wrong', 0)} went wrong (gold at some point {h.num('alarms.fall', 2)} "
         f"or more below its best so far). An alarm flagged {h.num(k + '.detected', 0)} of them{lead}, and "
         f"{h.num(k + '.false_alarms', 0)} of the {h.num(k + '.healthy', 0)} runs that did not go wrong."
     ]
+    if "held_out" in a:
+        k = "alarms.held_out"
+        seeds = ", ".join(h.num(f"alarms.held_out_seeds.{i}", 0) for i in range(len(a["held_out_seeds"])))
+        tuned = ", ".join(h.num(f"alarms.tuned_on.{i}", 0) for i in range(len(a["tuned_on"])))
+        out.append(
+            f"The thresholds were chosen on seed{'s' if len(a['tuned_on']) > 1 else ''} {tuned}; on the others ({seeds}) alone: "
+            f"{h.num(k + '.detected', 0)} of {h.num(k + '.went_wrong', 0)} runs that went wrong flagged, "
+            f"{h.num(k + '.false_alarms', 0)} of {h.num(k + '.healthy', 0)} healthy ones."
+        )
+    return out
 
 
 COLLAPSE_KEYS = (
@@ -200,9 +210,9 @@ def findings(h: Html, res: dict) -> list[str]:
 ALARM_COLUMNS = (
     ("runs", "runs"),
     ("went_wrong", "went wrong"),
-    ("detected", "flagged"),
+    ("detected", "of them flagged"),
     ("healthy", "healthy"),
-    ("false_alarms", "flagged (false alarms)"),
+    ("false_alarms", "of them flagged (false alarms)"),
     ("lead_median", "median lead, steps"),
 )
 

@@ -17,7 +17,8 @@ def markdown(res: dict, source: str, samples: int = 0) -> str:
     rows = ordered(pol) if len(pol) > 1 else []
     seeded = any("gold_seeds_ci95" in pol[m] for m in rows)
     head = ["policy", "gold reward", "± 95% CI (prompts)", *(["± 95% CI (seeds)"] if seeded else []), "win rate vs SFT", "KL to SFT"]
-    head += ["length", "well-formed", "distinct-2", "train s"]
+    watched = any("alarms" in pol[m] for m in rows)
+    head += ["length", "well-formed", "distinct-2", "train s", *(["alarms"] * watched)]
     lines = [f"*From `{source}`.* {provenance(h, res)}", ""]
     if rows:
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -27,6 +28,7 @@ def markdown(res: dict, source: str, samples: int = 0) -> str:
         cells += [h.num(k + ".gold_seeds_ci95") if "gold_seeds_ci95" in pol[m] else "–"] * seeded
         cells += [h.num(k + ".win_rate"), h.num(k + ".kl", 2), h.num(k + ".length", 1), h.num(k + ".well_formed"), h.num(k + ".distinct2")]
         cells.append(h.num(k + ".wall_s", 0) if pol[m].get("wall_s") is not None else "–")
+        cells += [h.num(k + ".alarms") if "alarms" in pol[m] else "–"] * watched
         lines.append("| " + " | ".join(cells) + " |")
     stages = [k for k in ("pretrain", "sft", "sample", "rm") if k in res.get("seconds", {})]  # the shared ones
     if stages and "total" in res.get("seconds", {}):

@@ -30,10 +30,19 @@ def _methods(h: Html, res: dict, figures: list[str]) -> str | None:
     if not rows:
         return None
     seeded = any("gold_seeds_ci95" in pol[m] for m in rows)
+    watched = any("alarms" in pol[m] for m in rows)
     keys = ("gold", "gold_ci95", *(("gold_seeds_ci95",) * seeded), "win_rate", "kl", "length", "distinct1", "distinct2", "well_formed")
     titles = ("policy", "gold reward", "± 95% CI (prompts)", *(("± 95% CI (seeds)",) * seeded), "win rate vs SFT", "KL to SFT")
-    titles += ("length", "distinct-1", "distinct-2", "well-formed", "train s")
-    cells = [td_row(title(res, m), *(h.num(f"policies.{m}.{k}", 3) for k in keys), h.num(f"policies.{m}.wall_s", 0)) for m in rows]
+    titles += ("length", "distinct-1", "distinct-2", "well-formed", "train s", *(("alarms",) * watched))
+    cells = [
+        td_row(
+            title(res, m),
+            *(h.num(f"policies.{m}.{k}", 3) for k in keys),
+            h.num(f"policies.{m}.wall_s", 0),
+            *((h.num(f"policies.{m}.alarms") if "alarms" in pol[m] else "–",) * watched),
+        )
+        for m in rows
+    ]
     table = html_table(th_row(*titles), cells)
     note = (
         "<p class='note'>KL is the Monte Carlo estimate over each policy's own samples; best-of-n's is the analytic "
@@ -165,7 +174,9 @@ def _alarms(h: Html, res: dict, figures: list[str]) -> str | None:
         return None
     table = html_table(th_row("run", *(t for _, t in ALARM_COLUMNS)), [td_row(*r) for r in rows])
     said = [f"<p>{x}</p>" for x in alarm_findings(h, res) + collapse_findings(h, res)]
-    return block(*said, table, f"<p class='note'>{html.escape(ALARMS_NOTE)}</p>")
+    caption = "A DPO run that went wrong, on every seed: its monitors at each evaluation, and where its first alarm fired"
+    figure = [figure_tag("collapse", caption)] if "collapse" in figures else []
+    return block(*said, table, f"<p class='note'>{html.escape(ALARMS_NOTE)}</p>", *figure)
 
 
 def _samples(h: Html, res: dict, figures: list[str]) -> str | None:
