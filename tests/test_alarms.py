@@ -157,7 +157,7 @@ def test_an_rl_run_driven_off_its_reference_stops_on_its_alarm_and_logs_the_moni
 
 
 def test_a_run_went_wrong_when_gold_stood_the_fall_below_its_best_so_far_and_the_lead_counts_steps_before_that():
-    from preftune.experiments.runners import alarm_outcome, alarm_summary
+    from preftune.experiments.judge import alarm_outcome, alarm_summary
 
     collapse = [(0, 0.6), (40, 0.7), (80, 0.55), (120, -0.1), (160, 0.65)]  # best 0.7, then 0.15 and 0.8 below it; recovers
     a = alarm_outcome(collapse, 170, [(80, "kl"), (120, "eos"), (120, "length")], fall=0.2)

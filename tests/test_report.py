@@ -272,7 +272,7 @@ def test_seed_aggregation_hand_values():
 def test_the_alarms_section_prints_only_the_results_numbers(tmp_path, capsys):
     """An alarms results block (two seeds of a collapsing and a healthy DPO run) on the page and in
     Markdown: the table per run name, the detection sentence, and the collapse worked example."""
-    from preftune.experiments.runners import alarm_outcome, alarm_summary, alarm_table
+    from preftune.experiments.judge import alarm_outcome, alarm_summary, alarm_table
 
     def monitors(steps, gold, chosen):
         keys = ("logratio/rejected", "margin", "sample/kl", "sample/length", "sample/eos_rate", "eos_chosen")

@@ -160,6 +160,8 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
     state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best": None, "bad_evals": 0}
     monitor, mode = getattr(method, "monitor", ("loss", "min"))
     alarms = getattr(method, "alarms", None)
+    if cfg.stop_on_alarm and alarms is None:
+        raise ValueError(f"--train.stop-on-alarm: {type(method).__name__} raises no alarms (the DPO family and rl do)")
     best: dict[str, torch.Tensor] | None = None  # weights at the best held-out metric
     ckpt = latest_checkpoint(out)
     if cfg.resume and ckpt is not None:

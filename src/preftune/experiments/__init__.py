@@ -37,8 +37,9 @@ from .. import __version__
 from ..atomic import write_atomic
 from ..report.markdown import summary_table
 from ..report.page import render
+from .judge import alarm_summary, alarm_table
 from .pipeline import Pipeline, check_settings, merge
-from .runners import RUNNERS, alarm_summary, alarm_table, check_levers
+from .runners import RUNNERS, check_levers
 
 HERE = Path(__file__).parent
 DEMO_FILE, QUICK_FILE = HERE / "demo.yaml", HERE / "quick.yaml"

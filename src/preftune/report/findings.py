@@ -125,7 +125,7 @@ def seed_findings(h: Html, res: dict) -> list[str]:
     """Over several seeds: on how many each tuned policy beats SFT, and how wide its seed interval is."""
     c, pol = res.get("claims", {}), res.get("policies", {})
     out = []
-    for m in ordered(k[: -len("_vs_sft")] for k in c if k.endswith("_vs_sft") and "seeds" in c[k]):
+    for m in ordered(k[: -len("_vs_sft")] for k in c if k.endswith("_vs_sft") and "above" in c[k].get("seeds", {})):
         k = f"claims.{m}_vs_sft.seeds"
         diffs = ", ".join(h.num(f"{k}.per_seed.{i}", -3) for i in range(len(c[f"{m}_vs_sft"]["seeds"]["per_seed"])))
         spread = (
