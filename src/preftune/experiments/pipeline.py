@@ -93,7 +93,8 @@ def _made_from(out: Path, cfg, digest: str) -> bool:
     if not saved.exists() or not stamp.exists() or stamp.read_text() != digest:
         return False
     old = json.loads(saved.read_text())
-    return all(old.get(k) == v for k, v in to_dict(cfg).items())
+    now = json.loads(json.dumps(to_dict(cfg)))  # as saved: a tuple field reads back as a list
+    return all(old.get(k) == v for k, v in now.items())
 
 
 def _reset_stage(name: str, cfg, inputs: list[str]):
