@@ -229,7 +229,8 @@ def alarm_rows(h: Html, res: dict) -> list[list[str]]:
 ALARMS_NOTE = (
     "A run went wrong when the gold of its own samples (a DPO run's monitor prompts at each evaluation, an RL run's rollouts) stood "
     "the stated fall or more below its best so far at some point; flagged: an alarm fired at any step; lead: steps from the first "
-    "alarm to the point gold had fallen that far (negative: the alarm came after). Thresholds: each run's --alarm.* settings."
+    "alarm to the point gold had fallen that far (negative: the alarm came after). The alarms are those --alarm.*'s defaults (or the "
+    "experiment's thresholds) raise when replayed over each run's logged monitors, whatever the run itself printed."
 )
 
 

@@ -18,7 +18,7 @@ def markdown(res: dict, source: str, samples: int = 0) -> str:
     seeded = any("gold_seeds_ci95" in pol[m] for m in rows)
     head = ["policy", "gold reward", "± 95% CI (prompts)", *(["± 95% CI (seeds)"] if seeded else []), "win rate vs SFT", "KL to SFT"]
     watched = any("alarms" in pol[m] for m in rows)
-    head += ["length", "well-formed", "distinct-2", "train s", *(["alarms"] * watched)]
+    head += ["length", "well-formed", "distinct-2", "train s", *(["alarms raised"] * watched)]
     lines = [f"*From `{source}`.* {provenance(h, res)}", ""]
     if rows:
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

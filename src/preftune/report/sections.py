@@ -33,7 +33,7 @@ def _methods(h: Html, res: dict, figures: list[str]) -> str | None:
     watched = any("alarms" in pol[m] for m in rows)
     keys = ("gold", "gold_ci95", *(("gold_seeds_ci95",) * seeded), "win_rate", "kl", "length", "distinct1", "distinct2", "well_formed")
     titles = ("policy", "gold reward", "± 95% CI (prompts)", *(("± 95% CI (seeds)",) * seeded), "win rate vs SFT", "KL to SFT")
-    titles += ("length", "distinct-1", "distinct-2", "well-formed", "train s", *(("alarms",) * watched))
+    titles += ("length", "distinct-1", "distinct-2", "well-formed", "train s", *(("alarms raised",) * watched))
     cells = [
         td_row(
             title(res, m),
