@@ -139,7 +139,9 @@ def test_two_processes_of_batch_8_equal_one_process_of_batch_16(base, tmp_path, 
     one, two = load_file(str(one_dir / "model.safetensors")), load_file(str(tmp_path / "two/model.safetensors"))
     start = load_file(str(base / "base/model.safetensors")) if command != "reward" else None
     for name in one:
-        torch.testing.assert_close(two[name], one[name], atol=2e-6, rtol=1e-5, msg=name)
+        # (atol 5e-6: over 3 AdamW steps a reduction-order difference of one ulp can grow to a few 1e-6
+        # on a parameter whose gradient is near zero; a wrong normalisation moves weights by ~1e-3)
+        torch.testing.assert_close(two[name], one[name], atol=5e-6, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
     if start is not None:
         assert any(not torch.equal(one[k], start[k]) for k in start)  # it trained
     logs = [p.name for p in (tmp_path / "two").iterdir()]
