@@ -149,6 +149,11 @@ class Alarms:
         self.start, self.fired = dict(state.get("start", {})), dict(state.get("fired", {}))
 
 
+def raised(rows: list[dict]) -> list[tuple[int, str]]:
+    """(step, rule) of the alarms a run raised, from its metrics.jsonl rows (``alarm/RULE`` keys)."""
+    return [(row["step"], k.removeprefix("alarm/")) for row in rows for k in row if k.startswith("alarm/")]
+
+
 def replay(rows: list[dict], rules: dict[str, Rule]) -> list[tuple[int, str]]:
     """(step, rule) of the alarms ``rules`` raise over a run's logged monitors, as the loop raises
     them: ``rows`` in step order, each ``{"step": N, NAME: value, ...}``; a step-0 row holds the

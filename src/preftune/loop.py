@@ -249,8 +249,6 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
             if alarms is not None and _raise_alarms(alarms, state["step"], row, method, out.name) and cfg.stop_on_alarm:
                 print(f"{out.name}: stopping at step {state['step']} (--train.stop-on-alarm)", flush=True)
                 done, state["stopped_early"] = True, True
-            if alarms is not None:
-                state["alarms"] = alarms.state()
             if state["step"] % cfg.log_every == 0 or done or any(k.startswith(("eval/", "alarm/")) for k in row):
                 last = {
                     "step": state["step"],
@@ -262,6 +260,8 @@ def train(model: torch.nn.Module, method: Method, cfg: TrainConfig, on_step: Cal
                     log.write(last)
                 tracker.log(last, state["step"])
             if cfg.save_every and state["step"] % cfg.save_every == 0 or done:
+                if alarms is not None:
+                    state["alarms"] = alarms.state()  # what has fired and the starts, for a resumed run
                 save_checkpoint(out, module, optimizer, state, best)
             if bar is not None:
                 bar.update(1)

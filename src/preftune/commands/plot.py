@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from ..alarms import raised
 from ..config import PlotConfig
 from ..report.figures import save_png
 
@@ -47,7 +48,7 @@ def curves(run: str | Path) -> dict[str, tuple[str, list[float], list[float]]]:
 
 def alarm_steps(run: str | Path) -> list[tuple[int, str]]:
     """(step, rule) of every alarm the run raised (``alarm/NAME`` in metrics.jsonl, :mod:`preftune.alarms`)."""
-    return [(row["step"], k.removeprefix("alarm/")) for row in _rows(Path(run) / "metrics.jsonl") for k in row if k.startswith("alarm/")]
+    return raised(_rows(Path(run) / "metrics.jsonl"))
 
 
 def plot(cfg: PlotConfig) -> Path:

@@ -12,27 +12,36 @@ from pathlib import Path
 from ..methods.rl import MONITORED
 
 
-def monitor_rows(run: Path) -> list[dict]:
+def load_run(run: Path) -> tuple[list[dict], list[dict] | None]:
+    """A trained policy's metrics.jsonl rows, and an RL run's iterations.jsonl rows (None otherwise)."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    its = run / "iterations.jsonl"
+    return rows, [json.loads(line) for line in its.read_text().splitlines()] if its.exists() else None
+
+
+def _steps_per_iteration(rows: list[dict]) -> float:
+    return next(r["step"] / r["epoch"] for r in rows if r.get("epoch"))
+
+
+def monitor_rows(rows: list[dict], its: list[dict] | None) -> list[dict]:
     """What a run's alarms read, step by step (:func:`preftune.alarms.replay`): a DPO-family run's
     metrics.jsonl; an RL run's rollouts as ``rollout/*``, each at the first step trained on it (the
     final rollout, measured after training, is read by no alarm)."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    if not (run / "iterations.jsonl").exists():
+    if its is None:
         return rows
-    per = next(r["step"] / r["epoch"] for r in rows if r.get("epoch"))
-    its = [json.loads(line) for line in (run / "iterations.jsonl").read_text().splitlines()][:-1]
-    return [{"step": round(r["iteration"] * per) + 1, **{f"rollout/{k}": r[k] for k in MONITORED if r.get(k) is not None}} for r in its]
+    per = _steps_per_iteration(rows)
+    return [
+        {"step": round(r["iteration"] * per) + 1, **{f"rollout/{k}": r[k] for k in MONITORED if r.get(k) is not None}} for r in its[:-1]
+    ]
 
 
-def gold_curve(run: Path) -> tuple[list[tuple[int, float]], int]:
+def gold_curve(rows: list[dict], its: list[dict] | None) -> tuple[list[tuple[int, float]], int]:
     """(step, gold) along a trained policy's run, and its last step: a DPO-family run's sample monitor
     at each evaluation (step 0 is pi_SFT), an RL run's rollouts (the rollout of iteration i measures
     the policy after i iterations' steps)."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     last = max(r["step"] for r in rows)
-    if (run / "iterations.jsonl").exists():
-        per = next(r["step"] / r["epoch"] for r in rows if r.get("epoch"))  # optimiser steps per iteration
-        its = [json.loads(line) for line in (run / "iterations.jsonl").read_text().splitlines()]
+    if its is not None:
+        per = _steps_per_iteration(rows)
         return [(round(r["iteration"] * per), r["gold"]) for r in its if r.get("gold") is not None], last
     return [(r["step"], r["eval/sample/gold"]) for r in rows if "eval/sample/gold" in r], last
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .. import faults
+from ..alarms import raised
 from ..atomic import write_atomic, write_jsonl
 from ..commands.dpo import dpo
 from ..commands.reward import reward
@@ -371,8 +372,7 @@ class Pipeline:
         if not (run / "run_config.json").exists() or "alarm" not in json.loads((run / "run_config.json").read_text()):
             return {}
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        fired = [f"{k.removeprefix('alarm/')} at step {r['step']}" for r in rows for k in r if k.startswith("alarm/")]
-        return {"alarms": ", ".join(fired) or "none"}
+        return {"alarms": ", ".join(f"{rule} at step {step}" for step, rule in raised(rows)) or "none"}
 
     def best_of_n(self, reward_dir: str, n: int) -> dict:
         s = time.perf_counter()

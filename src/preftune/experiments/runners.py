@@ -24,7 +24,7 @@ from ..evaluate import evaluate_reward_model, mean_ci, paired_bootstrap
 from ..models import RewardEnsemble, load_policy, load_reward_model
 from ..rollout import sample
 from ..world import lists
-from .judge import alarm_outcome, alarm_summary, alarm_table, dpo_monitors, gold_curve, monitor_rows
+from .judge import alarm_outcome, alarm_summary, alarm_table, dpo_monitors, gold_curve, load_run, monitor_rows
 from .pipeline import Pipeline, merge
 
 RL_METHODS = ("raft", "reinforce", "rloo", "ppo")
@@ -332,13 +332,13 @@ def alarms(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
     for name in p.trained():
         p.wait(name)
         run = p.out / name
-        curve, last = gold_curve(run)
+        rows, its = load_run(run)
+        curve, last = gold_curve(rows, its)
         if not curve:
             continue
         config = json.loads((run / "run_config.json").read_text())
-        fired = replay(monitor_rows(run), (dpo_rules if config["command"] == "dpo" else rl_rules)(thresholds))
+        fired = replay(monitor_rows(rows, its), (dpo_rules if config["command"] == "dpo" else rl_rules)(thresholds))
         outcome = alarm_outcome(curve, last, fired, fall)
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         monitors = {"monitors": dpo_monitors(rows)} if config["command"] == "dpo" else {}
         runs.append({"name": name, "command": config["command"], "curve": curve, **outcome, **monitors})
     res["alarms"] = {
