@@ -143,6 +143,15 @@ def load_policy(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[P
     return fuse_gelu(model).to(distributed.device()), load_tokenizer(path)
 
 
+def load_reference(path: str | Path, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A frozen reference policy (``--ref``) for a policy with ``tokenizer``: refused unless its
+    tokenizer gives the same ids (a KL or a log-ratio across two vocabularies means nothing)."""
+    model, theirs = load_policy(path, dtype)
+    if theirs.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"--ref {path}: its tokenizer is not the policy's (a reference must share the policy's vocabulary)")
+    return model.requires_grad_(False).eval()
+
+
 def _gguf_hint(path: Path) -> str:
     """For a GGUF file given where a model directory is expected: how to convert it."""
     gguf = [path] if path.suffix == ".gguf" else sorted(path.glob("*.gguf")) if path.is_dir() else []

@@ -10,6 +10,7 @@ module                 commands                                    config classe
 ``reward``             reward, score                               RewardConfig, ScoreConfig
 ``dpo``                dpo                                         DPOConfig
 ``rl``                 rl, best-of-n                               RLConfig, BestOfNConfig
+``iterate``            iterate                                     IterateConfig
 ``eval``               generate, eval                              GenerateConfig, EvalConfig
 ``label``              label serve | export | stats                LabelServeConfig, ...
 ``experiment``         demo, experiment, report                    DemoConfig, ExperimentConfig, ReportConfig
@@ -37,6 +38,11 @@ COMMANDS: dict[str, tuple[str, type, str]] = {
     "score": ("score (prompt, completion) rows with a reward model", c.ScoreConfig, "reward:score"),
     "dpo": ("direct preference optimisation: dpo, cdpo, ipo, hinge, soft, simpo, unlikelihood", c.DPOConfig, "dpo:dpo"),
     "rl": ("RLHF against a reward model with a KL leash: raft, reinforce, rloo, grpo, ppo", c.RLConfig, "rl:rl"),
+    "iterate": (
+        "rounds of sample -> label (simulated or --labels web, chosen actively) -> reward model -> policy",
+        c.IterateConfig,
+        "iterate:iterate",
+    ),
     "best-of-n": ("sample n, keep the best by reward (KL log n - (n-1)/n)", c.BestOfNConfig, "rl:best_of_n"),
     "eval": ("gold reward, length, diversity of policies on the lists world", c.EvalConfig, "eval:evaluate"),
     "demo": ("the whole pipeline and every experiment on the built-in world, with report.html", c.DemoConfig, "experiment:demo"),

@@ -17,7 +17,7 @@ from ..config import DPOConfig, TokenConfig, to_dict
 from ..data import Comparison, Ranking, encode
 from ..loop import train
 from ..methods.dpo import DirectPreference, Pair, PairData, SampleMonitor, Unlikelihood, preference_loss, reference_logps
-from ..models import AdaptersOff, add_lora, load_policy, save_model
+from ..models import AdaptersOff, add_lora, load_policy, load_reference, save_model
 from .common import comparisons, global_batch_size, one_run_per_directory, prepare, record_config
 
 
@@ -84,6 +84,7 @@ def dpo(cfg: DPOConfig) -> Path:
     out = Path(cfg.train.out)
     model, tokenizer = load_policy(cfg.model)
     records, held_records = comparisons(cfg.data, cfg.eval_data, 0.05, cfg.train.seed, tokenizer)
+    given = load_reference(cfg.ref, tokenizer) if cfg.ref and cfg.loss != "unlikelihood" else None
     record_config(cfg, "dpo")  # after the data is read: a bad file leaves the directory as it was
     train_pairs, held_pairs = to_pairs(records, tokenizer, cfg.tokens), to_pairs(held_records, tokenizer, cfg.tokens)
     pad, leash = tokenizer.pad_token_id, "no reference"
@@ -91,12 +92,13 @@ def dpo(cfg: DPOConfig) -> Path:
         method = Unlikelihood(PairData(train_pairs, held_pairs, pad, global_batch_size(cfg.train), cfg.train.seed))
     else:
         loss = preference_loss(cfg)
-        if loss.reference:  # the model as loaded (pi_SFT); with LoRA, the same base before adapters
-            train_pairs = cached_reference(model, train_pairs, pad, cfg, loss.length_normalise)
-            held_pairs = reference_logps(model, held_pairs, pad, loss.length_normalise)
-            leash = f"beta {cfg.beta}"
+        if loss.reference:  # --ref, else the model as loaded (pi_SFT); with LoRA, the same base before adapters
+            ref = given or model
+            train_pairs = cached_reference(ref, train_pairs, pad, cfg, loss.length_normalise)
+            held_pairs = reference_logps(ref, held_pairs, pad, loss.length_normalise)
+            leash = f"beta {cfg.beta}" + (f", reference {cfg.ref}" if given is not None else "")
     watch = cfg.monitor_prompts > 0 and cfg.loss != "unlikelihood"
-    frozen = copy.deepcopy(model).requires_grad_(False) if watch and not cfg.lora else None  # pi_SFT for the sample monitor's KL
+    frozen = given or (copy.deepcopy(model).requires_grad_(False) if watch and not cfg.lora else None)  # the sample monitor's KL reference
     if cfg.lora:
         model = add_lora(model, cfg.lora_r, cfg.lora_alpha, seed=cfg.train.seed)
     if cfg.loss != "unlikelihood":
@@ -104,7 +106,7 @@ def dpo(cfg: DPOConfig) -> Path:
         sampler = None
         if watch:  # held-out prompts, each once, in the order the split gave them
             prompts = list(dict.fromkeys(r.prompt for r in held_records or records))[: cfg.monitor_prompts]
-            reference = AdaptersOff(model) if cfg.lora else frozen
+            reference = AdaptersOff(model) if cfg.lora and given is None else frozen
             sampler = SampleMonitor(reference, tokenizer, prompts, cfg.gen, cfg.tokens.max_prompt_length)
         method = DirectPreference(data, loss, cfg.beta, cfg.nll_coef, sampler, Alarms(dpo_rules(cfg.alarm)))
         method.start(model)

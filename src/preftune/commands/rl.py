@@ -20,23 +20,24 @@ from ..evaluate import evaluate_samples
 from ..loop import steps_per_epoch, train
 from ..methods.algorithms import build_algorithm
 from ..methods.rl import RLHF, Scorer, gold_or_none
-from ..models import AdaptersOff, add_lora, load_policy, load_reward_model, save_model
+from ..models import AdaptersOff, add_lora, load_policy, load_reference, load_reward_model, save_model
 from ..rollout import sample_shared
 from .common import one_run_per_directory, prepare, prompts_from, record_config
 
 
 def policy_and_reference(cfg: RLConfig):
     """The policy to train (LoRA-wrapped with ``--lora``), its tokenizer, and the frozen KL reference:
-    pi_SFT loaded a second time (in ``--frozen-precision``), or under ``--lora`` the policy with its
-    adapters off (no second copy); None with ``--no-track-kl``."""
+    ``--ref`` when given, else pi_SFT loaded a second time (in ``--frozen-precision``), or under
+    ``--lora`` the policy with its adapters off (no second copy); None with ``--no-track-kl``."""
     policy, tokenizer = load_policy(cfg.model)
+    frozen = torch.bfloat16 if cfg.frozen_precision == "bf16" else torch.float32
+    reference = load_reference(cfg.ref, tokenizer, frozen) if cfg.ref and cfg.track_kl else None
     if cfg.lora:
         policy = add_lora(policy, cfg.lora_r, cfg.lora_alpha, seed=cfg.train.seed)
-        return policy, tokenizer, AdaptersOff(policy) if cfg.track_kl else None
+        return policy, tokenizer, (reference or AdaptersOff(policy)) if cfg.track_kl else None
     if not cfg.track_kl:
         return policy, tokenizer, None
-    frozen = torch.bfloat16 if cfg.frozen_precision == "bf16" else torch.float32
-    return policy, tokenizer, load_policy(cfg.model, dtype=frozen)[0].requires_grad_(False).eval()
+    return policy, tokenizer, reference or load_policy(cfg.model, dtype=frozen)[0].requires_grad_(False).eval()
 
 
 @one_run_per_directory

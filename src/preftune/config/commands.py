@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .fields import device_field, doc
-from .groups import PREFERENCE_LOSSES, RL_ALGORITHMS, AlarmConfig, SamplingConfig, TokenConfig, TrainConfig
+from .groups import PREFERENCE_LOSSES, RL_ALGORITHMS, SELECTIONS, AlarmConfig, SamplingConfig, TokenConfig, TrainConfig
 
 # ------------------------------------------------------------------- the world, pretraining, SFT
 
@@ -160,6 +160,9 @@ class ScoreConfig:
 @dataclass(frozen=True)
 class DPOConfig:
     model: str = doc("", "pi_SFT: the policy to start from and the frozen reference", required=True)
+    ref: str = doc(
+        "", "another frozen reference than --model (a policy with the same tokenizer; iterated rounds start from the last round's policy)"
+    )
     data: str = doc("", "comparisons: pairs, HH-RLHF transcripts or rankings (expanded into all pairs)", required=True)
     eval_data: str = doc("", "held-out comparisons (default: 5 percent of --data)")
     loss: str = doc("dpo", "preference loss (README: 'Preference losses')", choices=PREFERENCE_LOSSES)
@@ -192,6 +195,10 @@ class DPOConfig:
 @dataclass(frozen=True)
 class RLConfig:
     model: str = doc("", "pi_SFT: the policy to start from and the frozen KL reference", required=True)
+    ref: str = doc(
+        "",
+        "another frozen KL reference than --model (a policy with the same tokenizer; iterated rounds start from the last round's policy)",
+    )
     reward: str = doc("", "reward model directory (from `preftune reward`), or 'gold' for the world's gold reward", required=True)
     prompts: str = doc("", "training prompts, {'prompt'} rows", required=True)
     algo: str = doc("rloo", "algorithm (README: 'RLHF')", choices=RL_ALGORITHMS)
@@ -243,6 +250,50 @@ class RLConfig:
     gen: SamplingConfig = SamplingConfig(max_new_tokens=32, temperature=1.0)
     tokens: TokenConfig = TokenConfig(max_length=96, max_prompt_length=64)
     alarm: AlarmConfig = AlarmConfig()
+
+
+@dataclass(frozen=True)
+class IterateConfig:
+    model: str = doc(
+        "", "pi_SFT: round 1's policy, every round's reward-model initialisation, the KL reference with --reference sft", required=True
+    )
+    prompts: str = doc(
+        "", "training prompts, {'prompt'} rows: each round samples its candidate pairs on some of them; RL trains on all", required=True
+    )
+    eval_prompts: str = doc(
+        "", "held-out lists-world prompts: each round's policy scored on gold and KL to pi_SFT, its reward model on gold pairs"
+    )
+    out: str = doc("runs/iterate", "directory: round-N/ per round (prompts, candidates, pairs, labels, rm/, policy/) and rounds.jsonl")
+    rounds: int = doc(3, "rounds of sample -> label -> reward model -> policy, each from the last round's policy")
+    per_round: int = doc(400, "pairs labelled per round")
+    labels: str = doc(
+        "simulated", "who labels: the lists world's simulated annotators, or people in the web app", choices=("simulated", "web")
+    )
+    selection: str = doc(
+        "on-policy",
+        "which pairs are labelled: random pairs of pi_SFT's samples; of the current policy's (on-policy); of its samples, those the"
+        " last round's reward model is least sure of (uncertainty) or its ensemble disagrees on most (ensemble)",
+        choices=SELECTIONS,
+    )
+    pooling: str = doc(
+        "pooled",
+        "each round's reward model (and DPO) trains on every round's labels (pooled) or on its own round's",
+        choices=("pooled", "per-round"),
+    )
+    reference: str = doc(
+        "sft", "each round's KL reference (DPO's π_ref): pi_SFT throughout, or the previous round's policy", choices=("sft", "previous")
+    )
+    method: str = doc("rl", "each round's policy update: RL against the round's reward model, or DPO on the labels", choices=("rl", "dpo"))
+    candidates: int = doc(2, "prompts sampled per pair labelled: the pool selection chooses from (one pair per prompt)")
+    k: int = doc(4, "completions sampled per candidate prompt (every pair of them is a candidate)")
+    ensemble: int = doc(3, "selection ensemble: reward models on the same labels at as many seeds")
+    settings: str = doc("", "YAML file: the stages' settings, as an experiment file's pipeline section ({sample, reward, rl, dpo})")
+    tau: float = doc(0.1, "the simulated annotators' temperature")
+    seed: int = doc(0, "seed for choosing prompts and pairs, labelling and training")
+    host: str = doc("127.0.0.1", "web labels: interface to serve on; anything but localhost needs --annotators")
+    port: int = doc(8000, "web labels: port")
+    annotators: str = doc("", "web labels: JSONL of {'name','token'}: only these may label")
+    wait: float = doc(0.0, "web labels: seconds to wait for a round's labels; then it trains on those it has (0 = until all)")
 
 
 @dataclass(frozen=True)

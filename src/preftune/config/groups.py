@@ -11,6 +11,7 @@ from .fields import doc
 # in preftune.methods.algorithms.ALGORITHMS and preftune.methods.dpo.LOSSES (a test keeps them equal).
 RL_ALGORITHMS = ("raft", "reinforce", "rloo", "grpo", "ppo")
 PREFERENCE_LOSSES = ("dpo", "cdpo", "ipo", "hinge", "soft", "simpo", "unlikelihood")
+SELECTIONS = ("random", "on-policy", "uncertainty", "ensemble")  # preftune iterate --selection
 REPORT_TO = ("none", "tensorboard", "wandb")  # --train.report-to: run trackers beside metrics.jsonl (preftune.tracking.Tracker)
 
 

@@ -9,12 +9,8 @@ inputs resumes from its checkpoint; anything else is rebuilt.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import multiprocessing
-import os
-import shutil
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import replace
@@ -23,7 +19,6 @@ from typing import Any
 
 import torch
 
-from .. import faults
 from ..alarms import raised
 from ..atomic import write_atomic, write_jsonl
 from ..commands.dpo import dpo
@@ -42,7 +37,6 @@ from ..config import (
     SFTConfig,
     WorldConfig,
     override,
-    to_dict,
 )
 from ..data import load_prompts
 from ..evaluate import demonstrator_samples, evaluate_samples, kl_to_reference, win_rate
@@ -50,6 +44,7 @@ from ..losses import best_of_n_kl, pick_best
 from ..methods.rl import Scorer
 from ..models import load_policy, load_tokenizer
 from ..rollout import Sample, sample
+from ..stages import digest, reset_stage, run_stage, timed, worker_start
 from ..world import lists, write_world
 
 # The stages a file's ``pipeline:`` section may configure, and the config each one's settings override.
@@ -79,68 +74,6 @@ def check_settings(settings: dict, where: str) -> None:
         if stage not in STAGES:
             raise ValueError(f"{where}: pipeline has no stage {stage!r} (stages: {', '.join(STAGES)})")
         override(STAGES[stage](), values, f"{where}: pipeline.{stage}")
-
-
-def _digest(paths: list[str]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(Path(p).read_bytes() if Path(p).is_file() else (Path(p) / "model.safetensors").read_bytes())
-    return h.hexdigest()
-
-
-def _made_from(out: Path, cfg, digest: str) -> bool:
-    """True if the run in ``out`` was started from exactly ``cfg`` and inputs with this digest."""
-    saved, stamp = out / "run_config.json", out / "inputs.sha256"
-    if not saved.exists() or not stamp.exists() or stamp.read_text() != digest:
-        return False
-    old = json.loads(saved.read_text())
-    now = json.loads(json.dumps(to_dict(cfg)))  # as saved: a tuple field reads back as a list
-    return all(old.get(k) == v for k, v in now.items())
-
-
-def _reset_stage(name: str, cfg, inputs: list[str]):
-    """``cfg`` ready to run the stage (resuming an interrupted run with the same config and inputs;
-    anything else in its directory removed), or None if its output is fresh."""
-    out = Path(cfg.train.out)
-    digest = _digest(inputs)
-    resumable = _made_from(out, cfg, digest)
-    if resumable and (out / "config.json").exists():  # finished: save_model moves config.json in last
-        print(f"{name}: reusing {out} (same config and inputs)")
-        return None
-    if not resumable:
-        shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").unlink(missing_ok=True)  # not fresh until the stage finishes again
-    write_atomic(out / "inputs.sha256", digest)
-    return replace(cfg, train=replace(cfg.train, resume=resumable))
-
-
-def _timed(stage, cfg, log: str | None = None) -> float:
-    """Run a stage; its output goes to ``log`` when given (a worker's). Returns its wall seconds."""
-    s = time.perf_counter()
-    if log is None:
-        stage(cfg)
-    else:
-        with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-            stage(cfg)
-    return round(time.perf_counter() - s, 1)
-
-
-def _worker_start() -> None:
-    """Each worker process: one thread, so that workers sharing the cores do not oversubscribe them."""
-    os.environ["PREFTUNE_THREADS"] = "1"
-    torch.set_num_threads(1)
-
-
-def run_stage(name: str, stage, cfg, inputs: list[str], timings: dict) -> bool:
-    """Run a training stage in this process unless its output is fresh; returns True if it ran."""
-    ready = _reset_stage(name, cfg, inputs)
-    if ready is None:
-        return False
-    timings[name] = _timed(stage, ready)
-    write_atomic(Path(cfg.train.out) / "wall_seconds", str(timings[name]))
-    faults.point("stage")
-    return True
 
 
 class Pipeline:
@@ -209,13 +142,13 @@ class Pipeline:
             return self._samples
         out = self.out / "data/samples.jsonl"
         stamp = out.with_suffix(".sha256")
-        digest = _digest([str(self.files["prompts"]), self.sft()])
-        if not (out.exists() and stamp.exists() and stamp.read_text() == digest):
+        now = digest([str(self.files["prompts"]), self.sft()])
+        if not (out.exists() and stamp.exists() and stamp.read_text() == now):
             s = time.perf_counter()
             sample_sets(
                 self.config("sample", SampleConfig(model=self.sft(), prompts=str(self.files["prompts"]), out=str(out), gen=self.gen))
             )
-            write_atomic(stamp, digest)
+            write_atomic(stamp, now)
             self.timings["sample"] = round(time.perf_counter() - s, 1)
         self._samples = str(out)
         return self._samples
@@ -283,15 +216,15 @@ class Pipeline:
             run_stage(name, stage, cfg, inputs, self.timings)
             self._queued[name] = None
             return
-        ready = _reset_stage(name, cfg, inputs)
+        ready = reset_stage(name, cfg, inputs)
         if ready is None:
             self._queued[name] = None
             return
         if self._pool is None:
             torch.set_num_threads(1)
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=worker_start)
         log = Path(cfg.train.out) / "train.log"
-        future = self._pool.submit(_timed, stage, ready, str(log))
+        future = self._pool.submit(timed, stage, ready, str(log))
         future.add_done_callback(
             lambda f: print(f"  {name}: " + (f"trained in {f.result()} s" if not f.exception() else f"failed (see {log})"))
         )
@@ -338,7 +271,7 @@ class Pipeline:
         self.wait(name)
         ref_model, tok, ref_samples = self.reference()
         cache = self.out / "eval" / f"{name}.json"
-        key = _digest([self.path(name)]) if samples is None else None
+        key = digest([self.path(name)]) if samples is None else None
         if key and cache.exists():
             saved = json.loads(cache.read_text())
             if saved.get("key") == key and saved.get("n") == len(ref_samples):

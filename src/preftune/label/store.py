@@ -103,6 +103,11 @@ class Store:
         with self.lock:
             return self.conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
 
+    def n_answered(self) -> int:
+        """Labels given (a skip is not one)."""
+        with self.lock:
+            return self.conn.execute("SELECT COUNT(*) FROM labels WHERE choice IS NOT NULL").fetchone()[0]
+
     def order(self, annotator: str) -> list[int]:
         with self.lock:
             ids = [r[0] for r in self.conn.execute("SELECT id FROM tasks ORDER BY id")]
@@ -142,9 +147,9 @@ class Store:
     def labels(self) -> list[dict]:
         with self.lock:
             rows = self.conn.execute(
-                "SELECT l.annotator, l.task_id, l.a_shown_as, l.choice, l.comment, t.prompt, t.a, t.b FROM labels l JOIN tasks t ON t.id = l.task_id ORDER BY l.created"
+                "SELECT l.annotator, l.task_id, l.a_shown_as, l.choice, l.comment, t.prompt, t.a, t.b, t.source FROM labels l JOIN tasks t ON t.id = l.task_id ORDER BY l.created"
             ).fetchall()
-        keys = ("annotator", "task_id", "a_shown_as", "choice", "comment", "prompt", "a", "b")
+        keys = ("annotator", "task_id", "a_shown_as", "choice", "comment", "prompt", "a", "b", "source")
         return [dict(zip(keys, r)) for r in rows]
 
 
