@@ -39,6 +39,7 @@ from ..report.markdown import summary_table
 from ..report.page import render
 from .judge import alarm_summary, alarm_table
 from .pipeline import Pipeline, check_settings, merge
+from .rounds import aggregate_rounds
 from .runners import RUNNERS, check_levers
 
 HERE = Path(__file__).parent
@@ -241,6 +242,8 @@ def aggregate(per_seed: list[dict], seeds: list[int]) -> dict:
         if tuned:  # judged again on the seeds the thresholds were not chosen on
             res["alarms"]["held_out_seeds"] = [s for s in seeds if s not in tuned]
             res["alarms"]["held_out"] = alarm_summary([r for r in runs if r["seed"] not in tuned])
+    if "iterate" in first:
+        res["iterate"] = aggregate_rounds(per_seed)
     if "reward_model" in first:
         res["reward_model"] = _mean_of([r["reward_model"] for r in per_seed])
         res["reward_model"]["gold_pair_accuracy_per_seed"] = [r["reward_model"]["gold_pair_accuracy"] for r in per_seed]

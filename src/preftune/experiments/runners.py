@@ -26,6 +26,7 @@ from ..rollout import sample
 from ..world import lists
 from .judge import alarm_outcome, alarm_summary, alarm_table, dpo_monitors, gold_curve, load_run, monitor_rows
 from .pipeline import Pipeline, merge
+from .rounds import iterate
 
 RL_METHODS = ("raft", "reinforce", "rloo", "ppo")
 DPO_METHODS = ("dpo", "ipo", "unlikelihood")
@@ -358,4 +359,5 @@ RUNNERS = {
     "diverse": diverse,
     "reward": reward,
     "alarms": alarms,
+    "iterate": iterate,
 }
