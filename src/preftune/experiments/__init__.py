@@ -37,7 +37,7 @@ from .. import __version__
 from ..atomic import write_atomic
 from ..report.markdown import summary_table
 from ..report.page import render
-from .judge import alarm_summary, alarm_table
+from .judge import alarm_summary, alarm_table, seed_interval
 from .pipeline import Pipeline, check_settings, merge
 from .rounds import aggregate_rounds
 from .runners import RUNNERS, check_levers
@@ -157,19 +157,6 @@ def run_seeds(out: str | Path, spec: dict, source: dict | None, workers: int, co
     res = aggregate(per_seed, spec["seeds"])
     res["seconds"] = {"total": round(time.perf_counter() - t0, 1)}
     return _finish(out, res)
-
-
-# Two-sided 95% quantiles of Student's t by degrees of freedom (normal beyond the table).
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
-def seed_interval(values: list[float]) -> dict:
-    """Mean over seeds and its 95% t interval (seeds are the independent replicates)."""
-    m = statistics.fmean(values)
-    if len(values) < 2:
-        return {"diff": m, "lo": None, "hi": None, "n": len(values), "per_seed": values}
-    half = T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
-    return {"diff": m, "lo": m - half, "hi": m + half, "n": len(values), "per_seed": values}
 
 
 def _mean_of(values: list) -> Any:

@@ -1,6 +1,8 @@
 """Alarms judged on gold: each training run's gold along the run, whether it went wrong, and when
 the alarm rules (:mod:`preftune.alarms`, replayed over the run's logged monitors) fired.
-The ``alarms`` experiment (:func:`preftune.experiments.runners.alarms`) and the seeds' aggregate use them."""
+The ``alarms`` experiment (:func:`preftune.experiments.runners.alarms`) and the seeds' aggregate use them.
+Also the statistics every experiment's verdicts share: a paired difference in gold over prompts
+(:func:`gold_diff`) and the t interval over seeds (:func:`seed_interval`)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import math
 import statistics
 from pathlib import Path
 
+from ..evaluate import paired_bootstrap
 from ..methods.rl import MONITORED
 
 
@@ -114,3 +117,22 @@ def dpo_monitors(rows: list[dict]) -> list[dict]:
             )
             since = []
     return out
+
+
+# Two-sided 95% quantiles of Student's t by degrees of freedom (normal beyond the table).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def seed_interval(values: list[float]) -> dict:
+    """Mean over seeds and its 95% t interval (seeds are the independent replicates)."""
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return {"diff": m, "lo": None, "hi": None, "n": len(values), "per_seed": values}
+    half = T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+    return {"diff": m, "lo": m - half, "hi": m + half, "n": len(values), "per_seed": values}
+
+
+def gold_diff(a: dict, b: dict, seed: int) -> dict:
+    """a - b in mean gold reward over the same prompts, with a paired-bootstrap 95% interval."""
+    d, lo, hi = paired_bootstrap(a["gold_per_prompt"], b["gold_per_prompt"], seed=seed)
+    return {"diff": d, "lo": lo, "hi": hi, "significant": lo > 0 or hi < 0}

@@ -25,6 +25,7 @@ import torch
 from ..config import IterateConfig, override
 from ..iterate import round_key, run_round
 from ..stages import timed, worker_start
+from .judge import gold_diff, seed_interval
 from .pipeline import Pipeline
 
 LOOP_STAGES = ("sample", "reward", "rl", "dpo")
@@ -116,19 +117,15 @@ def iterate(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
         pol[f"iterate-{name}"] = {**p.evaluate(f"iterate/{keys[name][-1]}/policy"), "rounds": cfg.rounds}
     baseline = params.get("baseline") or next(iter(arms))
     out["baseline"] = baseline
-    from .runners import _diff  # the runners' paired bootstrap over prompts
-
     for name in arms:
-        claims[f"iterate-{name}_vs_sft"] = _diff(pol[f"iterate-{name}"], pol["sft"], p.seed)
+        claims[f"iterate-{name}_vs_sft"] = gold_diff(pol[f"iterate-{name}"], pol["sft"], p.seed)
         if name != baseline:
-            claims[f"iterate-{name}_vs_baseline"] = _diff(pol[f"iterate-{name}"], pol[f"iterate-{baseline}"], p.seed)
+            claims[f"iterate-{name}_vs_baseline"] = gold_diff(pol[f"iterate-{name}"], pol[f"iterate-{baseline}"], p.seed)
 
 
 def aggregate_rounds(per_seed: list[dict]) -> dict:
     """The iterate experiment over seeds: per arm and round, the mean gold, KL and reward-model
     accuracy, the seed-level interval of gold, and on how many seeds the round's run raised an alarm."""
-    from . import seed_interval
-
     first = per_seed[0]["iterate"]
     arms = {}
     for name, arm in first["arms"].items():

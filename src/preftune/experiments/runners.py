@@ -20,11 +20,12 @@ from ..atomic import write_jsonl
 from ..commands.common import comparisons
 from ..config import PREFERENCE_LOSSES, AlarmConfig, override, to_dict
 from ..data import Comparison, Ranking
-from ..evaluate import evaluate_reward_model, mean_ci, paired_bootstrap
+from ..evaluate import evaluate_reward_model, mean_ci
 from ..models import RewardEnsemble, load_policy, load_reward_model
 from ..rollout import sample
 from ..world import lists
 from .judge import alarm_outcome, alarm_summary, alarm_table, dpo_monitors, gold_curve, load_run, monitor_rows
+from .judge import gold_diff as _diff
 from .pipeline import Pipeline, merge
 from .rounds import iterate
 
@@ -45,12 +46,6 @@ REWARD_KEYS = (
 def _named(methods: list | dict) -> dict[str, dict]:
     """A list of method names, or a mapping of names to config changes, as the mapping."""
     return {m: {} for m in methods} if isinstance(methods, list | tuple) else {m: dict(c or {}) for m, c in methods.items()}
-
-
-def _diff(a: dict, b: dict, seed: int) -> dict:
-    """a - b in mean gold reward over the same prompts, with a paired-bootstrap 95% interval."""
-    d, lo, hi = paired_bootstrap(a["gold_per_prompt"], b["gold_per_prompt"], seed=seed)
-    return {"diff": d, "lo": lo, "hi": hi, "significant": lo > 0 or hi < 0}
 
 
 def methods(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
