@@ -49,11 +49,12 @@ readme: $(STAMP)  ## refill the README's generated blocks
 	$(BIN)/python scripts/render_readme.py
 
 # The README's results come from results files kept in the repo: after `make demo` (or
-# `preftune experiment configs/seeds.yaml`, `configs/reward.yaml`, `configs/smollm2.yaml`), copy each finished run's
+# `preftune experiment configs/seeds.yaml`, `configs/reward.yaml`, `configs/smollm2.yaml`, `configs/defaults.yaml`,
+# `configs/iterate.yaml`), copy each finished run's
 # results.json into results/ and refill the README from them.
 results: $(STAMP)
 	mkdir -p results
-	for run in demo seeds reward smollm2 defaults; do if [ -f runs/$$run/results.json ]; then cp runs/$$run/results.json results/$$run.json; fi; done
+	for run in demo seeds reward smollm2 defaults iterate; do if [ -f runs/$$run/results.json ]; then cp runs/$$run/results.json results/$$run.json; fi; done
 	$(BIN)/python scripts/render_readme.py
 
 # TRL beside preftune, same machine, same run: the shared workload's two TRL environments (its

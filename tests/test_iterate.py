@@ -341,3 +341,50 @@ def test_a_stage_saved_before_a_field_existed_is_fresh_at_that_fields_default(tm
     assert not made_from(tmp_path, replace(cfg, ref="elsewhere"), "abc")  # a new field away from its default: not the same run
     assert not made_from(tmp_path, replace(cfg, beta=0.2), "abc")
     assert not made_from(tmp_path, cfg, "abd")
+
+
+@pytest.mark.slow
+def test_the_iterate_experiment_shares_rounds_between_arms_and_reports_every_round(tmp_path):
+    """At quick scale, one seed: arms that agree on round 1 share its directory; the report's
+    iterate section prints only numbers from results.json."""
+    import re
+
+    from test_report import _check_spans, _Spans
+
+    spec = tmp_path / "iterate.yaml"
+    spec.write_text(
+        """
+out: unused
+seed: 0
+experiments:
+  iterate:
+    budget: 48
+    baseline: one
+    loop: {selection: random}
+    arms:
+      one: {rounds: 1}
+      two: {rounds: 2}
+      two-per-round: {rounds: 2, pooling: per-round}
+      two-short: {rounds: 2, settings: {rl: {iterations: 2}}}
+    contrasts: [[two, two-per-round]]
+"""
+    )
+    out = tmp_path / "run"
+    assert main(["experiment", str(spec), "--quick", "--out", str(out), "--workers", "2"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    arms = res["iterate"]["arms"]
+    assert [len(arms[a]["by_round"]) for a in ("one", "two", "two-per-round", "two-short")] == [1, 2, 2, 2]
+    assert arms["two"]["rl_iterations"] == 6 and arms["two-short"]["rl_iterations"] == 2  # quick's RL, and the arm's own
+    rounds = sorted(p.name for p in (out / "iterate").iterdir())
+    assert len(rounds) == 1 + 1 + 2 + 2  # one's; the first round two and two-per-round share; their second ones; two-short's two
+    two_first = json.loads((out / "iterate" / arms["two"]["key"] / "policy/run_config.json").read_text())["model"]
+    per_round_first = json.loads((out / "iterate" / arms["two-per-round"]["key"] / "policy/run_config.json").read_text())["model"]
+    assert two_first == per_round_first  # both second rounds start from the one shared first round's policy
+    assert "iterate-two_vs_iterate-two-per-round" in res["claims"] and "iterate-two_vs_baseline" in res["claims"]
+    assert "iterate-one_vs_baseline" not in res["claims"]
+    page = _Spans()
+    page.feed((out / "report.html").read_text())
+    assert "iterate" in page.ids
+    _check_spans(page, res)
+    assert not re.findall(r"\d+\.\d+", " ".join(page.outside).split("Samples side by side")[0])
+    assert main(["report", str(out), "--markdown"]) == 0

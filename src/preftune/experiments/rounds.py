@@ -4,8 +4,10 @@ selection, each policy judged on gold after every round.
 
 Settings: ``budget`` (labels in all, split evenly over an arm's rounds), ``loop`` (fields of
 ``preftune iterate``'s config every arm shares) and ``arms`` (name: the fields it changes, at
-least ``rounds``), ``baseline`` (the arm every other is compared with; default the first). The
-stages' settings (``sample``, ``reward``, ``rl``, ``dpo``) are the file's ``pipeline`` section.
+least ``rounds``), ``baseline`` (the arm every other is compared with; default the first) and
+``contrasts`` (pairs of arms compared with each other, e.g. pooled against per-round). The
+stages' settings (``sample``, ``reward``, ``rl``, ``dpo``) are the file's ``pipeline`` section, and an
+arm's own ``settings`` laid over it (``{rl: {iterations: 96}}``: more RL per round).
 
 Arms that agree on their first rounds share them (:func:`preftune.iterate.round_key`): every
 round lives in ``OUT/iterate/KEY``, and the rounds run level by level, on the pipeline's workers.
@@ -22,13 +24,11 @@ from pathlib import Path
 
 import torch
 
-from ..config import IterateConfig, override
-from ..iterate import round_key, run_round
+from ..config import IterateConfig, RLConfig, override
+from ..iterate import STAGES, check_settings, round_key, run_round
 from ..stages import timed, worker_start
 from .judge import gold_diff, seed_interval
-from .pipeline import Pipeline
-
-LOOP_STAGES = ("sample", "reward", "rl", "dpo")
+from .pipeline import Pipeline, merge
 
 
 def _job(cfg: IterateConfig, settings: dict, dirs: list[str], log: str) -> float:
@@ -41,9 +41,15 @@ def arms_of(p: Pipeline, params: dict) -> dict[str, IterateConfig]:
     arms = params.get("arms") or {}
     if not arms:
         raise ValueError("experiments.iterate: no arms (name: {rounds: N, ...})")
+    for pair in params.get("contrasts") or []:
+        if not (isinstance(pair, list) and len(pair) == 2 and set(pair) <= set(arms)):
+            raise ValueError(f"experiments.iterate.contrasts: {pair!r} is not a pair of the arms ({', '.join(arms)})")
+    if params.get("baseline") and params["baseline"] not in arms:
+        raise ValueError(f"experiments.iterate.baseline: {params['baseline']!r} is not one of the arms ({', '.join(arms)})")
     out = {}
     for name, changes in arms.items():
         changes = {**shared, **(changes or {})}
+        changes.pop("settings", None)  # the arm's stage settings: settings_of
         rounds = int(changes.get("rounds", 1))
         if rounds < 1 or budget % rounds:
             raise ValueError(f"experiments.iterate.arms.{name}: a budget of {budget} labels does not split into {rounds} equal rounds")
@@ -58,16 +64,23 @@ def arms_of(p: Pipeline, params: dict) -> dict[str, IterateConfig]:
     return out
 
 
+def settings_of(p: Pipeline, changes: dict | None, where: str) -> dict:
+    """The stages' settings an arm's rounds run with: the pipeline's, and the arm's own over them."""
+    base = {k: p.settings[k] for k in STAGES if k in p.settings}
+    own = (changes or {}).get("settings")
+    return check_settings(merge(base, own), where) if own else base
+
+
 def iterate(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
     """Train every arm's rounds (shared prefixes once), then judge each round's policy on gold."""
     arms = arms_of(p, params)
-    settings = {k: p.settings[k] for k in LOOP_STAGES if k in p.settings}
+    settings = {name: settings_of(p, c, f"experiments.iterate.arms.{name}.settings") for name, c in params["arms"].items()}
     p.sft()
     keys: dict[str, list[str]] = {}
     for name, cfg in arms.items():
         chain: list[str] = []
         for r in range(1, cfg.rounds + 1):
-            chain.append(round_key(cfg, settings, r, chain[-1] if chain else ""))
+            chain.append(round_key(cfg, settings[name], r, chain[-1] if chain else ""))
         keys[name] = chain
     root = p.out / "iterate"
     pool = None
@@ -79,14 +92,14 @@ def iterate(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
             level = {}
             for name, chain in keys.items():
                 if len(chain) >= r and chain[r - 1] not in level:
-                    level[chain[r - 1]] = (arms[name], [str(root / k) for k in chain[:r]])
+                    level[chain[r - 1]] = (arms[name], settings[name], [str(root / k) for k in chain[:r]])
             print(f"iterate: round {r}, {len(level)} distinct rounds to make")
-            for d in (dirs for _, dirs in level.values()):
+            for d in (dirs for *_, dirs in level.values()):
                 Path(d[-1]).mkdir(parents=True, exist_ok=True)
-            jobs = [(cfg, settings, dirs, str(Path(dirs[-1]) / "round.log")) for cfg, dirs in level.values()]
+            jobs = [(cfg, own, dirs, str(Path(dirs[-1]) / "round.log")) for cfg, own, dirs in level.values()]
             if pool is None:
-                for cfg, _, dirs, _ in jobs:
-                    run_round(cfg, settings, dirs, timings=p.timings)
+                for cfg, own, dirs, _ in jobs:
+                    run_round(cfg, own, dirs, timings=p.timings)
             else:
                 futures = [pool.submit(_job, *job) for job in jobs]
                 for (_, _, dirs, log), f in zip(jobs, futures):
@@ -111,6 +124,7 @@ def iterate(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
             "rounds": cfg.rounds,
             "per_round": cfg.per_round,
             **{k: getattr(cfg, k) for k in ("selection", "pooling", "reference", "method")},
+            "rl_iterations": override(RLConfig(model="", reward="", prompts=""), settings[name].get("rl", {})).iterations,
             "by_round": by_round,
             "key": keys[name][-1],
         }
@@ -121,6 +135,8 @@ def iterate(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
         claims[f"iterate-{name}_vs_sft"] = gold_diff(pol[f"iterate-{name}"], pol["sft"], p.seed)
         if name != baseline:
             claims[f"iterate-{name}_vs_baseline"] = gold_diff(pol[f"iterate-{name}"], pol[f"iterate-{baseline}"], p.seed)
+    for a, b in params.get("contrasts") or []:  # pairs of arms the report compares directly
+        claims[f"iterate-{a}_vs_iterate-{b}"] = gold_diff(pol[f"iterate-{a}"], pol[f"iterate-{b}"], p.seed)
 
 
 def aggregate_rounds(per_seed: list[dict]) -> dict:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from .results import HEADLINE, above, below, compare, comparisons, ordered, title
+from .rounds import rounds_findings
 from .writers import Html
 
 
@@ -203,7 +204,7 @@ def findings(h: Html, res: dict) -> list[str]:
         diverse_findings,
         rm_findings,
     )
-    parts += (alarm_findings, collapse_findings)
+    parts += (alarm_findings, collapse_findings, rounds_findings)
     return [x for part in parts for x in part(h, res)]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .findings import ALARM_COLUMNS, ALARMS_NOTE, LEVER_COLUMNS, LEVERS_NOTE, alarm_rows, findings, intervals_note, lever_rows, provenance
 from .results import fmt, lookup, ordered, title
+from .rounds import ROUNDS_COLUMNS, ROUNDS_NOTE, rounds_rows
 from .writers import Text
 
 
@@ -49,6 +50,11 @@ def markdown(res: dict, source: str, samples: int = 0) -> str:
         lines += [""] * (lines[-1] != "") + ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
         lines += ["| " + " | ".join(r) + " |" for r in alarms]
         lines += ["", ALARMS_NOTE]
+    rounds = rounds_rows(h, res)
+    if rounds:
+        lines += [""] * (lines[-1] != "") + ["| " + " | ".join(ROUNDS_COLUMNS) + " |", "|" + "---|" * len(ROUNDS_COLUMNS)]
+        lines += ["| " + " | ".join(r) + " |" for r in rounds]
+        lines += ["", ROUNDS_NOTE]
     for i, s in enumerate(res.get("samples", [])[:samples]):
         lines += ["", f"Samples for held-out prompt {i + 1}, {_cell(_request(s['prompt']))}:", "", "| policy | completion |", "|---|---|"]
         lines += [f"| {title(res, m)} | {_cell(h.num(f'samples.{i}.completions.{m}'))} |" for m in ordered(s["completions"])]

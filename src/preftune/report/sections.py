@@ -21,6 +21,7 @@ from .findings import (
     sft_findings,
 )
 from .results import ordered, title
+from .rounds import ROUNDS_COLUMNS, ROUNDS_NOTE, rounds_findings, rounds_rows
 from .writers import Html, block, figure_tag, html_table, td_row, th_row
 
 
@@ -179,6 +180,14 @@ def _alarms(h: Html, res: dict, figures: list[str]) -> str | None:
     return block(*said, table, f"<p class='note'>{html.escape(ALARMS_NOTE)}</p>", *figure)
 
 
+def _rounds(h: Html, res: dict, figures: list[str]) -> str | None:
+    rows = rounds_rows(h, res)
+    if not rows:
+        return None
+    said = [f"<p>{x}</p>" for x in rounds_findings(h, res)]
+    return block(*said, html_table(th_row(*ROUNDS_COLUMNS), [td_row(*r) for r in rows]), f"<p class='note'>{html.escape(ROUNDS_NOTE)}</p>")
+
+
 def _samples(h: Html, res: dict, figures: list[str]) -> str | None:
     if not res.get("samples"):
         return None
@@ -202,6 +211,7 @@ SECTIONS = (
     ("reward-model", "Reward model against the Bayes optimum", _reward_model),
     ("reward-levers", "Reward-model levers", _levers),
     ("alarms", "Alarms judged on gold", _alarms),
+    ("iterate", "Iterating at a fixed budget of labels", _rounds),
     ("samples", "Samples side by side", _samples),
 )
 """(id, heading, body) of each section in page order; ``body`` gives the HTML between the ``<h2>`` and
