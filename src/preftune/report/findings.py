@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .results import HEADLINE, above, below, compare, comparisons, ordered, title
+from .results import HEADLINE, compare, comparisons, grouped, ordered, title
 from .rounds import rounds_findings
 from .writers import Html
 
@@ -17,14 +17,7 @@ def sft_findings(h: Html, res: dict) -> list[str]:
         f"{h.interval('claims.sft_vs_demonstrator')}."
     ]
     tuned = ordered(k[: -len("_vs_sft")] for k in c if k.endswith("_vs_sft"))
-    groups = {
-        ("beats", "beat"): [m for m in tuned if above(c[f"{m}_vs_sft"])],
-        ("is indistinguishable from", "are indistinguishable from"): [
-            m for m in tuned if not above(c[f"{m}_vs_sft"]) and not below(c[f"{m}_vs_sft"])
-        ],
-        ("falls below", "fall below"): [m for m in tuned if below(c[f"{m}_vs_sft"])],
-    }
-    said = "; ".join(f"{', '.join(title(res, m) for m in ms)} {verb[len(ms) > 1]} SFT" for verb, ms in groups.items() if ms)
+    said = grouped({title(res, m): c[f"{m}_vs_sft"] for m in tuned}, "SFT")
     out.append(f"Against SFT (the interval of each method's difference in gold reward): {h.esc(said)}.")
     beat = c["beat_demonstrator"]
     out.append(

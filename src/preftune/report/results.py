@@ -91,6 +91,17 @@ def compare(claim: dict, better: str, worse: str, same: str) -> str:
     return better if above(claim) else worse if below(claim) else same
 
 
+def grouped(claims: dict[str, dict], target: str) -> str:
+    """``"A, B beat T; C is indistinguishable from T; D falls below T"``: each name by its claim
+    against ``target`` (names in the order given)."""
+    groups = {
+        ("beats", "beat"): [m for m, c in claims.items() if above(c)],
+        ("is indistinguishable from", "are indistinguishable from"): [m for m, c in claims.items() if not above(c) and not below(c)],
+        ("falls below", "fall below"): [m for m, c in claims.items() if below(c)],
+    }
+    return "; ".join(f"{', '.join(ms)} {verb[len(ms) > 1]} {target}" for verb, ms in groups.items() if ms)
+
+
 def comparisons(res: dict) -> int:
     """How many intervals the report's verdicts are read from (each at 95%)."""
     n = 0

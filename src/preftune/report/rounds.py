@@ -4,7 +4,7 @@ the arms it names (``contrasts``), each read from an interval over seeds."""
 
 from __future__ import annotations
 
-from .results import above, below, compare
+from .results import compare, grouped
 from .writers import Html
 
 ROUNDS_COLUMNS = (
@@ -84,14 +84,7 @@ def rounds_findings(h: Html, res: dict) -> list[str]:
         return []
     c, baseline = res["claims"], it["baseline"]
     others = [a for a in _arms(res) if a != baseline and f"iterate-{a}_vs_baseline" in c]
-    groups = {
-        ("beats", "beat"): [a for a in others if above(c[f"iterate-{a}_vs_baseline"])],
-        ("is indistinguishable from", "are indistinguishable from"): [
-            a for a in others if not above(c[f"iterate-{a}_vs_baseline"]) and not below(c[f"iterate-{a}_vs_baseline"])
-        ],
-        ("falls below", "fall below"): [a for a in others if below(c[f"iterate-{a}_vs_baseline"])],
-    }
-    said = "; ".join(f"{', '.join(ms)} {verb[len(ms) > 1]} it" for verb, ms in groups.items() if ms)
+    said = grouped({a: c[f"iterate-{a}_vs_baseline"] for a in others}, "it")
     out = [
         f"At a budget of {h.num('iterate.budget', 0)} labelled pairs, against the baseline ({h.esc(baseline)}, final gold "
         f"{h.num(f'iterate.arms.{baseline}.by_round.0.gold')}): {h.esc(said)}."
