@@ -209,8 +209,9 @@ def run_round(
     timings: dict | None = None,
 ) -> dict:
     """Round ``len(dirs)`` of a loop into ``dirs[-1]`` (the rounds before it in ``dirs[:-1]``, done).
-    ``label(round_dir, tasks, r)`` writes ``round_dir/labels.jsonl`` (default: simulated). Returns
-    the round's summary (what it trained on, its reward model's evaluation)."""
+    ``label(round_dir, tasks, r)`` writes ``round_dir/labels.jsonl`` (default: simulated); each
+    stage that runs adds its wall seconds to ``timings``. Returns the round's summary (its labels,
+    what it trained on, its reward model's evaluation)."""
     here, before = Path(dirs[-1]), [Path(d) for d in dirs[:-1]]
     r, timings = len(dirs), {} if timings is None else timings
     here.mkdir(parents=True, exist_ok=True)
@@ -284,7 +285,6 @@ def run_round(
         "labels": len(tasks) if label is None else len(_rows(here / "labels.jsonl")),
         "trained_on": len(_rows(train_data)),
         "rm": {k: rm_eval[k] for k in keep if k in rm_eval},
-        "timings": timings,
     }
 
 

@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 from .. import __version__
-from ..atomic import write_jsonl
+from ..atomic import write_atomic, write_jsonl
 from ..config import IterateConfig, save_config
 from ..iterate import check, evaluate_round, load_settings, run_round
 from ..label.store import Store, to_comparison
+from ..stages import digest
 from .common import hold_directory
 from .label import LOCAL_HOSTS, read_annotators
 
@@ -29,9 +30,14 @@ class WebLabels:
             raise ValueError(f"refusing to serve on {cfg.host}: off localhost every annotator needs a token (--annotators)")
 
     def __call__(self, here: Path, tasks: list[dict], r: int) -> Path:
-        out = here / "labels.jsonl"
-        if out.exists():  # exported: the round's labelling is over
+        out, stamp, pairs = here / "labels.jsonl", here / "labels.sqlite.pairs", digest([str(here / "pairs.jsonl")])
+        if stamp.exists() and stamp.read_text() != pairs:  # people's answers are never thrown away silently
+            raise ValueError(
+                f"{here / 'labels.sqlite'} holds labels of other pairs than {here / 'pairs.jsonl'} now; move it away to label these"
+            )
+        if out.exists():  # exported: this round's labelling is over
             return out
+        write_atomic(stamp, pairs)
         store = Store(here / "labels.sqlite")
         sources = [json.dumps({"round": r, "a_ended": t["a_ended"], "b_ended": t["b_ended"]}) for t in tasks]
         store.add_tasks([(t["prompt"], t["a"], t["b"], s) for t, s in zip(tasks, sources)])
