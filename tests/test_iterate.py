@@ -388,3 +388,20 @@ experiments:
     _check_spans(page, res)
     assert not re.findall(r"\d+\.\d+", " ".join(page.outside).split("Samples side by side")[0])
     assert main(["report", str(out), "--markdown"]) == 0
+
+
+def test_web_labels_of_other_pairs_are_refused_not_overwritten(tmp_path):
+    from preftune.commands.iterate import WebLabels
+    from preftune.config import IterateConfig
+
+    here = tmp_path / "round-1"
+    here.mkdir()
+    tasks = [{"prompt": "p", "a": "x", "b": "y", "a_ended": True, "b_ended": True}]
+    write_jsonl(here / "pairs.jsonl", tasks)
+    (here / "labels.sqlite.pairs").write_text("0" * 64)  # the store was filled for other pairs
+    (here / "labels.sqlite").write_bytes(b"people's answers")
+    with pytest.raises(ValueError, match="holds labels of other pairs"):
+        WebLabels(IterateConfig(model="m", prompts="p"))(here, tasks, 1)
+    assert (here / "labels.sqlite").read_bytes() == b"people's answers"
+    with pytest.raises(ValueError, match="refusing to bind 0.0.0.0"):
+        WebLabels(IterateConfig(model="m", prompts="p", host="0.0.0.0"))

@@ -12,10 +12,10 @@ from .. import __version__
 from ..atomic import write_atomic, write_jsonl
 from ..config import IterateConfig, save_config
 from ..iterate import check, evaluate_round, load_settings, run_round
+from ..label.access import annotator_tokens
 from ..label.store import Store, to_comparison
 from ..stages import digest
 from .common import hold_directory
-from .label import LOCAL_HOSTS, read_annotators
 
 
 class WebLabels:
@@ -25,9 +25,7 @@ class WebLabels:
 
     def __init__(self, cfg: IterateConfig):
         self.cfg = cfg
-        self.tokens = read_annotators(cfg.annotators) if cfg.annotators else None
-        if cfg.host not in LOCAL_HOSTS and self.tokens is None:
-            raise ValueError(f"refusing to serve on {cfg.host}: off localhost every annotator needs a token (--annotators)")
+        self.tokens = annotator_tokens(cfg.host, cfg.annotators)
 
     def __call__(self, here: Path, tasks: list[dict], r: int) -> Path:
         out, stamp, pairs = here / "labels.jsonl", here / "labels.sqlite.pairs", digest([str(here / "pairs.jsonl")])

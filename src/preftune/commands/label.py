@@ -7,20 +7,8 @@ from pathlib import Path
 
 from ..atomic import write_jsonl
 from ..config import LabelExportConfig, LabelServeConfig, LabelStatsConfig
-from ..data import DataError, read_rows
+from ..label.access import annotator_tokens
 from ..label.store import Store, read_tasks, stats, to_comparison
-
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-def read_annotators(path: str) -> dict[str, str]:
-    tokens = {}
-    for where, row in read_rows(path):
-        name, token = row.get("name"), row.get("token")
-        if not isinstance(name, str) or not name or not isinstance(token, str) or len(token) < 16:
-            raise DataError(path, where, "expected {'name': non-empty string, 'token': string of 16+ characters}")
-        tokens[name] = token
-    return tokens
 
 
 def serve(cfg: LabelServeConfig) -> None:
@@ -28,9 +16,7 @@ def serve(cfg: LabelServeConfig) -> None:
 
     from ..label.app import create_app
 
-    tokens = read_annotators(cfg.annotators) if cfg.annotators else None
-    if cfg.host not in LOCAL_HOSTS and tokens is None:
-        raise ValueError(f"refusing to bind {cfg.host}: off localhost every annotator needs a token (--annotators)")
+    tokens = annotator_tokens(cfg.host, cfg.annotators)
     store = Store(cfg.db)
     if cfg.tasks:
         added = store.add_tasks(read_tasks(cfg.tasks))
