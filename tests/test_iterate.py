@@ -344,18 +344,20 @@ def test_a_stage_saved_before_a_field_existed_is_fresh_at_that_fields_default(tm
 
 
 @pytest.mark.slow
-def test_the_iterate_experiment_shares_rounds_between_arms_and_reports_every_round(tmp_path):
-    """At quick scale, one seed: arms that agree on round 1 share its directory; the report's
-    iterate section prints only numbers from results.json."""
+def test_the_iterate_experiment_shares_rounds_between_arms_and_reports_every_round(tmp_path, tokenizer):
+    """At quick scale, one seed, from a micro model (no pretraining): arms that agree on round 1
+    share its directory; the report's iterate section prints only numbers from results.json."""
     import re
 
     from test_report import _check_spans, _Spans
 
+    save_model(build_model(tokenizer, size="micro", seed=0), tokenizer, tmp_path / "base")
     spec = tmp_path / "iterate.yaml"
     spec.write_text(
         """
 out: unused
 seed: 0
+start: START
 experiments:
   iterate:
     budget: 48
@@ -367,7 +369,7 @@ experiments:
       two-per-round: {rounds: 2, pooling: per-round}
       two-short: {rounds: 2, settings: {rl: {iterations: 2}}}
     contrasts: [[two, two-per-round]]
-"""
+""".replace("START", str(tmp_path / "base"))
     )
     out = tmp_path / "run"
     assert main(["experiment", str(spec), "--quick", "--out", str(out), "--workers", "2"]) == 0

@@ -14,9 +14,7 @@ ROUNDS_COLUMNS = (
     "pooling",
     "selection",
     "reference",
-    "gold after each round",
-    "final gold",
-    "± 95% CI (seeds)",
+    "gold after each round (± 95% CI over seeds)",
     "against the baseline",
     "reward model's gold pair accuracy, each round",
     "KL to SFT",
@@ -24,8 +22,8 @@ ROUNDS_COLUMNS = (
 )
 ROUNDS_NOTE = (
     "Every arm spends the same labels, split evenly over its rounds; each round trains a reward model from pi_SFT and "
-    "a policy from the last round's policy. Gold is the policy's on the held-out prompts, a mean over seeds; against the "
-    "baseline: the difference in final gold with its 95% t interval over seeds. The reward model's gold pair accuracy "
+    "a policy from the last round's policy. Gold is each round's policy's on the held-out prompts, a mean over seeds; "
+    "against the baseline: the difference in final gold with its 95% t interval over seeds. The reward model's gold pair accuracy "
     "is on fresh pi_SFT samples of held-out prompts, the same pairs for every arm. Alarms: the runs' own "
     "(--alarm.* defaults), counted over seeds and rounds."
 )
@@ -41,7 +39,7 @@ def rounds_rows(h: Html, res: dict) -> list[list[str]]:
     for name, arm in _arms(res).items():
         k = f"iterate.arms.{name}"
         n = len(arm["by_round"])
-        last = f"{k}.by_round.{n - 1}"
+        last = f"{k}.by_round.{n - 1}"  # the arm's final round
         claim = f"claims.iterate-{name}_vs_baseline"
         if name == baseline:
             against = "(baseline)"
@@ -60,9 +58,7 @@ def rounds_rows(h: Html, res: dict) -> list[list[str]]:
                 h.esc(arm["pooling"]),
                 h.esc(arm["selection"]),
                 h.esc(arm["reference"]),
-                " → ".join(h.num(f"{k}.by_round.{i}.gold") for i in range(n)),
-                h.num(last + ".gold"),
-                h.num(last + ".gold_seeds_ci95") if arm["by_round"][-1].get("gold_seeds_ci95") is not None else "–",
+                " → ".join(_gold(h, f"{k}.by_round.{i}", r) for i, r in enumerate(arm["by_round"])),
                 against,
                 " → ".join(h.num(f"{k}.by_round.{i}.rm_gold_pair_accuracy") for i in range(n)),
                 h.num(last + ".kl", 2),
@@ -70,6 +66,11 @@ def rounds_rows(h: Html, res: dict) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def _gold(h: Html, key: str, row: dict) -> str:
+    """A round's gold, with its interval over seeds when there are several."""
+    return h.num(key + ".gold") + (f" ± {h.num(key + '.gold_seeds_ci95')}" if row.get("gold_seeds_ci95") is not None else "")
 
 
 def _ci(claim: dict, key: str) -> str:
