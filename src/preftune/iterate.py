@@ -161,6 +161,18 @@ def simulated_labels(tasks: list[dict], tau: float, seed: int, r: int) -> list[d
     return rows
 
 
+def pairs_bayes_accuracy(tasks: list[dict], tau: float) -> float | None:
+    """How informative the pairs' labels are: the accuracy the best possible model reaches on them,
+    the mean of max(p, 1 - p) under the lists world's annotators (0.5 for a tie, whose label is a coin
+    flip); None for prompts of another world."""
+    try:
+        return lists.bayes_optimal_accuracy(
+            [lists.Annotator(tau).p_prefers_a(t["prompt"], t["a"], t["b"], t["a_ended"], t["b_ended"]) for t in tasks]
+        )
+    except (ValueError, KeyError, ZeroDivisionError):
+        return None
+
+
 # ---------------------------------------------------------------------------------------- a round
 
 
@@ -284,6 +296,7 @@ def run_round(
         "round": r,
         "labels": len(tasks) if label is None else len(_rows(here / "labels.jsonl")),
         "trained_on": len(_rows(train_data)),
+        "pairs_bayes_accuracy": pairs_bayes_accuracy(tasks, cfg.tau),
         "rm": {k: rm_eval[k] for k in keep if k in rm_eval},
     }
 

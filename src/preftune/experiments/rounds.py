@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..config import IterateConfig, RLConfig, override
-from ..iterate import STAGES, check_settings, round_key, run_round
+from ..iterate import STAGES, check_settings, pairs_bayes_accuracy, round_key, run_round
 from ..stages import timed, worker_start
 from .judge import gold_diff, seed_interval
 from .pipeline import Pipeline, merge
@@ -119,6 +119,8 @@ def iterate(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
             rm = json.loads((root / key / "rm" / "eval.json").read_text())
             row = {"round": r, "labels": cfg.per_round * r, "gold": m["gold"], "gold_ci95": m["gold_ci95"], "kl": m["kl"]}
             row.update(rm_gold_pair_accuracy=rm.get("gold_pair_accuracy"), rm_accuracy=rm.get("accuracy"), alarms=m.get("alarms", "none"))
+            pairs = [json.loads(line) for line in (root / key / "pairs.jsonl").read_text().splitlines()]
+            row["pairs_bayes_accuracy"] = pairs_bayes_accuracy(pairs, cfg.tau)
             by_round.append(row)
         out["arms"][name] = {
             "rounds": cfg.rounds,
@@ -158,6 +160,7 @@ def aggregate_rounds(per_seed: list[dict]) -> dict:
                     "gold_per_seed": gold["per_seed"],
                     "kl": statistics.fmean(s["kl"] for s in seeds),
                     "rm_gold_pair_accuracy": statistics.fmean(s["rm_gold_pair_accuracy"] for s in seeds),
+                    "pairs_bayes_accuracy": statistics.fmean(s["pairs_bayes_accuracy"] for s in seeds),
                     "alarmed_seeds": sum(s["alarms"] != "none" for s in seeds),
                 }
             )

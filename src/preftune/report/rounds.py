@@ -16,6 +16,7 @@ ROUNDS_COLUMNS = (
     "reference",
     "gold after each round (± 95% CI over seeds)",
     "against the baseline",
+    "labelled pairs' Bayes accuracy, each round",
     "reward model's gold pair accuracy, each round",
     "KL to SFT",
     "rounds with an alarm",
@@ -23,8 +24,10 @@ ROUNDS_COLUMNS = (
 ROUNDS_NOTE = (
     "Every arm spends the same labels, split evenly over its rounds; each round trains a reward model from pi_SFT and "
     "a policy from the last round's policy. Gold is each round's policy's on the held-out prompts, a mean over seeds; "
-    "against the baseline: the difference in final gold with its 95% t interval over seeds. The reward model's gold pair accuracy "
-    "is on fresh pi_SFT samples of held-out prompts, the same pairs for every arm. Alarms: the runs' own "
+    "against the baseline: the difference in final gold with its 95% t interval over seeds. The labelled pairs' Bayes accuracy is "
+    "the best any model could reach on the round's labels (0.5 for a tie, whose label is a coin flip): how much the "
+    "labels can teach. The reward model's gold pair accuracy is on fresh pi_SFT samples of held-out prompts, the same "
+    "pairs for every arm. Alarms: the runs' own "
     "(--alarm.* defaults), counted over seeds and rounds."
 )
 
@@ -60,6 +63,7 @@ def rounds_rows(h: Html, res: dict) -> list[list[str]]:
                 h.esc(arm["reference"]),
                 " → ".join(_gold(h, f"{k}.by_round.{i}", r) for i, r in enumerate(arm["by_round"])),
                 against,
+                " → ".join(h.num(f"{k}.by_round.{i}.pairs_bayes_accuracy") for i in range(n)),
                 " → ".join(h.num(f"{k}.by_round.{i}.rm_gold_pair_accuracy") for i in range(n)),
                 h.num(last + ".kl", 2),
                 h.esc(str(alarmed)),
