@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from preftune.atomic import write_jsonl
 from preftune.cli import main
-from preftune.iterate import candidate_pairs, select, simulated_labels
+from preftune.iterate import candidate_pairs, pairs_bayes_accuracy, select, simulated_labels
 from preftune.models import build_model, save_model
 from preftune.world import lists
 
@@ -132,6 +132,10 @@ def test_simulated_labels_follow_the_annotators_and_refuse_other_prompts():
     assert all(r["round"] == 1 and r["chosen_ended"] and r["rejected_ended"] for r in rows)
     with pytest.raises(ValueError, match="lists world"):
         simulated_labels([{**task, "prompt": "Translate this."}], tau=0.1, seed=0, r=1)
+    tie = {**task, "a": good, "b": ", ".join(reversed(good.strip(" .").split(", "))) + "."}  # the same items, reordered
+    assert lists.Annotator(0.1).p_prefers_a(prompt, tie["a"], tie["b"]) == pytest.approx(0.5)
+    assert pairs_bayes_accuracy([task, tie], 0.1) == pytest.approx((1 - p + 0.5) / 2)  # a clear pair and a coin flip
+    assert pairs_bayes_accuracy([{**task, "prompt": "Translate this."}], 0.1) is None
 
 
 # ---------------------------------------------------------------------------------- whole loops
@@ -377,6 +381,7 @@ experiments:
     arms = res["iterate"]["arms"]
     assert [len(arms[a]["by_round"]) for a in ("one", "two", "two-per-round", "two-short")] == [1, 2, 2, 2]
     assert arms["two"]["rl_iterations"] == 6 and arms["two-short"]["rl_iterations"] == 2  # quick's RL, and the arm's own
+    assert all(0.5 <= r["pairs_bayes_accuracy"] <= 1 for a in arms.values() for r in a["by_round"])
     rounds = sorted(p.name for p in (out / "iterate").iterdir())
     assert len(rounds) == 1 + 1 + 2 + 2  # one's; the first round two and two-per-round share; their second ones; two-short's two
     two_first = json.loads((out / "iterate" / arms["two"]["key"] / "policy/run_config.json").read_text())["model"]
