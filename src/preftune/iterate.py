@@ -45,7 +45,7 @@ from .evaluate import evaluate_samples, kl_to_reference
 from .methods.reward import score_texts
 from .models import load_policy, load_reward_model
 from .rollout import sample
-from .stages import digest, file_stage, run_stage
+from .stages import digest, file_stage, merge, run_stage
 from .world import lists
 
 STAGES = ("sample", "reward", "rl", "dpo")  # the stages a settings file may configure
@@ -322,17 +322,21 @@ def evaluate_round(cfg: IterateConfig, settings: dict, round_dir: Path) -> dict:
 
 
 def load_settings(path: str) -> dict:
-    if not path:
-        return {}
+    """The stages' settings: the demo's (``experiments/demo.yaml``: 24 RL iterations a round, the
+    setting ``configs/iterate.yaml`` measured), with the file's (``--settings``) laid over them."""
     import yaml
 
+    demo = yaml.safe_load((Path(__file__).parent / "experiments" / "demo.yaml").read_text())["pipeline"]
+    settings = {k: v for k, v in demo.items() if k in STAGES}
+    if not path:
+        return settings
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: no such settings file")
     try:
-        settings = yaml.safe_load(Path(path).read_text()) or {}
+        own = yaml.safe_load(Path(path).read_text()) or {}
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not YAML: {str(e).splitlines()[0]}") from None
-    return check_settings(settings, path)
+    return check_settings(merge(settings, check_settings(own, path)), path)
 
 
 def check(cfg: IterateConfig) -> None:

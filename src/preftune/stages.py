@@ -112,3 +112,11 @@ def file_stage(out: Path, inputs: list[str], extra: object, make: Callable[[Path
     make(out)
     write_atomic(stamp, now)
     return out
+
+
+def merge(base: dict, over: dict) -> dict:
+    """``over`` laid over ``base``, recursively for nested mappings (an experiment's settings over the demo's)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

@@ -47,7 +47,7 @@ class WebLabels:
             row = to_comparison(label)
             if row is not None:
                 ended = json.loads(label["source"])
-                a_won = row["chosen"] == label["a"] and (row["rejected"] == label["b"])
+                a_won = (label["choice"] <= 4) == (label["a_shown_as"] == "A")  # the left side won, and a was on the left
                 row.update(
                     chosen_ended=ended["a_ended" if a_won else "b_ended"], rejected_ended=ended["b_ended" if a_won else "a_ended"], round=r
                 )

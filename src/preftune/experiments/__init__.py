@@ -37,8 +37,9 @@ from .. import __version__
 from ..atomic import write_atomic
 from ..report.markdown import summary_table
 from ..report.page import render
+from ..stages import merge
 from .judge import alarm_summary, alarm_table, seed_interval
-from .pipeline import Pipeline, check_settings, merge
+from .pipeline import Pipeline, check_settings
 from .rounds import aggregate_rounds
 from .runners import RUNNERS, check_levers
 

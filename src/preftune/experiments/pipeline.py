@@ -60,14 +60,6 @@ STAGES = {
 }
 
 
-def merge(base: dict, over: dict) -> dict:
-    """``over`` laid over ``base``, recursively for nested mappings (an experiment's settings over the demo's)."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def check_settings(settings: dict, where: str) -> None:
     """Refuse, before anything runs, a stage or a field the pipeline does not have."""
     for stage, values in settings.items():

@@ -26,9 +26,9 @@ import torch
 
 from ..config import IterateConfig, RLConfig, override
 from ..iterate import STAGES, check_settings, pairs_bayes_accuracy, round_key, run_round
-from ..stages import timed, worker_start
+from ..stages import merge, timed, worker_start
 from .judge import gold_diff, seed_interval
-from .pipeline import Pipeline, merge
+from .pipeline import Pipeline
 
 
 def _job(cfg: IterateConfig, settings: dict, dirs: list[str], log: str) -> float:

@@ -23,10 +23,11 @@ from ..data import Comparison, Ranking
 from ..evaluate import evaluate_reward_model, mean_ci
 from ..models import RewardEnsemble, load_policy, load_reward_model
 from ..rollout import sample
+from ..stages import merge
 from ..world import lists
 from .judge import alarm_outcome, alarm_summary, alarm_table, dpo_monitors, gold_curve, load_run, monitor_rows
 from .judge import gold_diff as _diff
-from .pipeline import Pipeline, merge
+from .pipeline import Pipeline
 from .rounds import iterate
 
 RL_METHODS = ("raft", "reinforce", "rloo", "ppo")
