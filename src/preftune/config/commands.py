@@ -269,8 +269,11 @@ class IterateConfig:
     labels: str = doc(
         "simulated", "who labels: the lists world's simulated annotators, or people in the web app", choices=("simulated", "web")
     )
+    # ensemble, pooled, sft: the arms of `preftune experiment configs/iterate.yaml` with the most gold (README,
+    # "Iterating at a fixed budget of labels"): ensemble above one round on all three seeds, with the labels that
+    # stayed most informative; pooled reward models ordered pairs better; the previous policy as reference drifted.
     selection: str = doc(
-        "on-policy",
+        "ensemble",
         "which pairs are labelled: random pairs of pi_SFT's samples; of the current policy's (on-policy); of its samples, those the"
         " last round's reward model is least sure of (uncertainty) or its ensemble disagrees on most (ensemble)",
         choices=SELECTIONS,
