@@ -201,12 +201,12 @@ def test_a_loop_killed_mid_round_resumes_to_the_uninterrupted_result(loop, capsy
     (loop / "settings.yaml").write_text(
         SETTINGS.replace("iterations: 2,", "iterations: 4,").replace("batch_size: 8, progress", "batch_size: 8, save_every: 1, progress")
     )
-    args = _args(loop, loop / "whole", "--rounds", "2")
+    args = _args(loop, loop / "whole", "--rounds", "2", "--selection", "on-policy")  # no ensemble members: quicker
     assert main(args) == 0
     cut = loop / "cut"
     env = {**os.environ, "PREFTUNE_THREADS": "2"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "preftune.cli", *_args(loop, cut, "--rounds", "2")],
+        [sys.executable, "-m", "preftune.cli", *_args(loop, cut, "--rounds", "2", "--selection", "on-policy")],
         env=env,
         stdout=subprocess.DEVNULL,
         start_new_session=True,
@@ -222,7 +222,7 @@ def test_a_loop_killed_mid_round_resumes_to_the_uninterrupted_result(loop, capsy
     assert not (cut / "round-2/policy/model.safetensors").exists()
     stamp = (cut / "round-1/rm/model.safetensors").stat().st_mtime_ns
     capsys.readouterr()
-    assert main(_args(loop, cut, "--rounds", "2")) == 0
+    assert main(_args(loop, cut, "--rounds", "2", "--selection", "on-policy")) == 0
     said = capsys.readouterr().out
     assert "round 2: reward model: reusing" in said and "resuming from" in said  # round 2's RL went on from its checkpoint
     assert (cut / "round-1/rm/model.safetensors").stat().st_mtime_ns == stamp  # round 1 was not redone

@@ -25,7 +25,7 @@ ROUNDS_NOTE = (
     "Every arm spends the same labels, split evenly over its rounds; each round trains a reward model from pi_SFT and "
     "a policy from the last round's policy. Gold is each round's policy's on the held-out prompts, a mean over seeds; "
     "against the baseline: the difference in final gold with its 95% t interval over seeds. The labelled pairs' Bayes accuracy is "
-    "the best any model could reach on the round's labels (0.5 for a tie, whose label is a coin flip): how much the "
+    "the best any model could reach on the round's labels (one half for a tie, whose label is a coin flip): how much the "
     "labels can teach. The reward model's gold pair accuracy is on fresh pi_SFT samples of held-out prompts, the same "
     "pairs for every arm. Alarms: the runs' own "
     "(--alarm.* defaults), counted over seeds and rounds."
