@@ -290,7 +290,9 @@ class IterateConfig:
     candidates: int = doc(2, "prompts sampled per pair labelled: the pool selection chooses from (one pair per prompt)")
     k: int = doc(4, "completions sampled per candidate prompt (every pair of them is a candidate)")
     ensemble: int = doc(3, "selection ensemble: reward models on the same labels at as many seeds")
-    settings: str = doc("", "YAML file: the stages' settings, as an experiment file's pipeline section ({sample, reward, rl, dpo})")
+    settings: str = doc(
+        "", "YAML file of stage settings ({sample, reward, rl, dpo}, as an experiment's pipeline section), laid over the demo's"
+    )
     tau: float = doc(0.1, "the simulated annotators' temperature")
     seed: int = doc(0, "seed for choosing prompts and pairs, labelling and training")
     host: str = doc("127.0.0.1", "web labels: interface to serve on; anything but localhost needs --annotators")
