@@ -13,7 +13,7 @@ from ..atomic import write_atomic, write_jsonl
 from ..config import IterateConfig, save_config
 from ..iterate import check, evaluate_round, load_settings, run_round
 from ..label.access import annotator_tokens
-from ..label.store import Store, to_comparison
+from ..label.store import Store, a_won, to_comparison
 from ..stages import digest
 from .common import hold_directory
 
@@ -47,10 +47,8 @@ class WebLabels:
             row = to_comparison(label)
             if row is not None:
                 ended = json.loads(label["source"])
-                a_won = (label["choice"] <= 4) == (label["a_shown_as"] == "A")  # the left side won, and a was on the left
-                row.update(
-                    chosen_ended=ended["a_ended" if a_won else "b_ended"], rejected_ended=ended["b_ended" if a_won else "a_ended"], round=r
-                )
+                first, second = ("a_ended", "b_ended") if a_won(label) else ("b_ended", "a_ended")
+                row.update(chosen_ended=ended[first], rejected_ended=ended[second], round=r)
                 rows.append(row)
         if not rows:
             raise ValueError(f"round {r}: no labels in {here / 'labels.sqlite'} after {self.cfg.wait:g} s; run again to wait longer")

@@ -67,6 +67,16 @@ def _seeded(*parts: object) -> random.Random:
     return random.Random(int.from_bytes(hashlib.sha256(json.dumps(parts).encode()).digest()[:8], "big"))
 
 
+def _a_shown_as(annotator: str, task_id: int) -> str:
+    """Where response a is shown to this annotator for this task: "A" (left) or "B", seeded."""
+    return "A" if _seeded("side", annotator, task_id).random() < 0.5 else "B"
+
+
+def a_won(label: dict) -> bool:
+    """Whether a stored label prefers response a: the side it chose, mapped back through where a was shown."""
+    return (label["choice"] <= 4) == (label["a_shown_as"] == "A")
+
+
 @dataclass(frozen=True)
 class Shown:
     task_id: int
@@ -122,7 +132,7 @@ class Store:
             if task_id not in done:
                 with self.lock:
                     prompt, a, b = self.conn.execute("SELECT prompt, a, b FROM tasks WHERE id = ?", (task_id,)).fetchone()
-                a_shown_as = "A" if _seeded("side", annotator, task_id).random() < 0.5 else "B"
+                a_shown_as = _a_shown_as(annotator, task_id)
                 left, right = (a, b) if a_shown_as == "A" else (b, a)
                 return Shown(task_id, prompt, left, right, a_shown_as, i + 1, len(order))
         return None
@@ -132,7 +142,7 @@ class Store:
         of the same (annotator, task) changes nothing and returns False."""
         if choice is not None and not 1 <= choice <= 8:
             raise ValueError(f"choice must be 1..8, got {choice}")
-        a_shown_as = "A" if _seeded("side", annotator, task_id).random() < 0.5 else "B"
+        a_shown_as = _a_shown_as(annotator, task_id)
         with self.lock:
             if self.conn.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is None:
                 raise ValueError(f"no task {task_id}")
@@ -158,8 +168,7 @@ def to_comparison(label: dict) -> dict | None:
     if label["choice"] is None:
         return None
     left_wins = label["choice"] <= 4
-    a_wins = left_wins == (label["a_shown_as"] == "A")
-    chosen, rejected = (label["a"], label["b"]) if a_wins else (label["b"], label["a"])
+    chosen, rejected = (label["a"], label["b"]) if a_won(label) else (label["b"], label["a"])
     return {
         "prompt": label["prompt"],
         "chosen": chosen,
@@ -178,8 +187,7 @@ def stats(labels: list[dict]) -> dict:
     answered = [lab for lab in labels if lab["choice"] is not None]
     by_task: dict[int, list[bool]] = {}
     for lab in answered:
-        a_wins = (lab["choice"] <= 4) == (lab["a_shown_as"] == "A")
-        by_task.setdefault(lab["task_id"], []).append(a_wins)
+        by_task.setdefault(lab["task_id"], []).append(a_won(lab))
     agree = total = 0
     for votes in by_task.values():
         for i in range(len(votes)):
