@@ -17,18 +17,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from . import distributed
 from .commands import COMMANDS, LABEL_COMMANDS, resolve
-from .config import override
-
-REPLAY_KEYS = ("command", "preftune")  # what save_config adds next to a config's fields
+from .config import load_config
 
 
 def fields_of(cfg: Any, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any]]:
@@ -84,22 +80,6 @@ def _build(default: Any, ns: argparse.Namespace) -> Any:
     return build(default, "")
 
 
-def _replayed(config_cls: type, path: str, command: str) -> Any:
-    """The config saved in ``path`` (a run's run_config.json) as this command's defaults."""
-    file = Path(path)
-    if not file.exists():
-        raise FileNotFoundError(f"{file}: no such config file")
-    try:
-        saved = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file}:{e.lineno}: invalid JSON: {e.msg}") from None
-    if not isinstance(saved, dict):
-        raise ValueError(f"{file}: expected a JSON object of {config_cls.__name__} fields")
-    if saved.get("command", command) != command:
-        raise ValueError(f"{file}: a config of `preftune {saved['command']}`, not of `preftune {command}`")
-    return override(config_cls(), {k: v for k, v in saved.items() if k not in REPLAY_KEYS}, str(file))
-
-
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, tuple[argparse.ArgumentParser, type, str]]]:
     parser = argparse.ArgumentParser(prog="preftune", description="Align language models with human preferences.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -130,7 +110,7 @@ def parse(argv: list[str] | None = None) -> tuple[str, Any, str]:
     default = config_cls()
     if ns.config:
         try:
-            default = _replayed(config_cls, ns.config, name)
+            default = load_config(config_cls, ns.config, name)
         except (FileNotFoundError, ValueError) as e:
             sub.error(str(e))
         sub.set_defaults(**{path: list(v) if isinstance(v, tuple) else v for path, _, v in fields_of(default)})

@@ -39,7 +39,7 @@ from .commands.dpo import dpo
 from .commands.reward import reward
 from .commands.rl import rl
 from .commands.sample import sample_sets, strength_of
-from .config import DPOConfig, IterateConfig, RewardConfig, RLConfig, SampleConfig, override, to_dict
+from .config import DPOConfig, IterateConfig, RewardConfig, RLConfig, SampleConfig, load_config, override, to_dict
 from .data import DataError, load_prompts, read_rows
 from .evaluate import evaluate_samples, kl_to_reference
 from .methods.reward import score_texts
@@ -180,12 +180,6 @@ def _rows(path: Path) -> list[dict]:
     return [row for _, row in read_rows(path)]
 
 
-def _replayed(run: Path, changes: dict) -> RewardConfig:
-    """A reward model's config as its run saved it, with ``changes`` laid over it."""
-    saved = {k: v for k, v in json.loads((run / "run_config.json").read_text()).items() if k not in ("command", "preftune")}
-    return override(override(RewardConfig(), saved, str(run / "run_config.json")), changes, "ensemble member")
-
-
 def ensemble(round_dir: Path, size: int, timings: dict) -> list[str]:
     """The round's reward model and ``size - 1`` more on the same labels at other seeds (trained on
     first use; a lock keeps two loops sharing the round from training one twice)."""
@@ -194,7 +188,7 @@ def ensemble(round_dir: Path, size: int, timings: dict) -> list[str]:
     with (round_dir / ".ensemble.lock").open("a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         for m in range(1, size):
-            cfg = _replayed(rm, {})
+            cfg = load_config(RewardConfig, rm / "run_config.json", "reward")
             cfg = replace(cfg, train=replace(cfg.train, out=str(round_dir / f"rm-{m + 1}"), seed=cfg.train.seed + m, resume=False))
             run_stage(f"{round_dir.name}: ensemble member {m + 1}", reward, cfg, [cfg.data, cfg.model], timings)
             members.append(cfg.train.out)
@@ -207,7 +201,8 @@ def _judge_scores(judges: list[str], sets: list[dict]) -> list[list[list[float]]
     out = []
     for path in judges:
         rm, tok = load_reward_model(path)
-        flat = score_texts(rm, tok, texts, _replayed(Path(path), {}).tokens, ended).tolist()
+        tokens = load_config(RewardConfig, Path(path) / "run_config.json", "reward").tokens
+        flat = score_texts(rm, tok, texts, tokens, ended).tolist()
         it = iter(flat)
         out.append([[next(it) for _ in row["completions"]] for row in sets])
     return out

@@ -35,7 +35,7 @@ from .commands import (
     SFTConfig,
     WorldConfig,
 )
-from .fields import device_field, doc, override, save_config, to_dict
+from .fields import device_field, doc, load_config, override, save_config, to_dict
 from .groups import PREFERENCE_LOSSES, REPORT_TO, RL_ALGORITHMS, AlarmConfig, SamplingConfig, TokenConfig, TrainConfig
 
 __all__ = [
@@ -71,6 +71,7 @@ __all__ = [
     "WorldConfig",
     "device_field",
     "doc",
+    "load_config",
     "override",
     "save_config",
     "to_dict",

@@ -30,6 +30,26 @@ def save_config(cfg: Any, path: str | Path, **extra: Any) -> None:
     write_atomic(path, json.dumps({**to_dict(cfg), **extra}, indent=2, sort_keys=True) + "\n")
 
 
+REPLAY_KEYS = ("command", "preftune")  # what the commands save next to a config's fields
+
+
+def load_config(config_cls: type, path: str | Path, command: str) -> Any:
+    """The config saved in ``path`` (a run's run_config.json, :func:`save_config`) as a ``config_cls``;
+    refused with where and what if it is not one, or is another command's."""
+    file = Path(path)
+    if not file.exists():
+        raise FileNotFoundError(f"{file}: no such config file")
+    try:
+        saved = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}:{e.lineno}: invalid JSON: {e.msg}") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{file}: expected a JSON object of {config_cls.__name__} fields")
+    if saved.get("command", command) != command:
+        raise ValueError(f"{file}: a config of `preftune {saved['command']}`, not of `preftune {command}`")
+    return override(config_cls(), {k: v for k, v in saved.items() if k not in REPLAY_KEYS}, str(file))
+
+
 def override(cfg: Any, values: dict, where: str = "config") -> Any:
     """``cfg`` with the fields in ``values`` (nested dicts for nested groups) replaced; an unknown
     field or a value of the wrong type is a ``ValueError`` naming ``where`` and the field."""
