@@ -38,23 +38,15 @@ def markdown(res: dict, source: str, samples: int = 0) -> str:
     said = findings(h, res)
     if said:
         lines += ["", intervals_note(h, res), "", *(f"- {x}" for x in said)]
-    levers = lever_rows(h, res)
-    if levers:
-        titles = ["lever", *(title for _, title, _ in LEVER_COLUMNS)]
-        lines += [""] * (lines[-1] != "") + ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
-        lines += ["| " + " | ".join(r) + " |" for r in levers]
-        lines += ["", LEVERS_NOTE]
-    alarms = alarm_rows(h, res)
-    if alarms:
-        titles = ["run", *(t for _, t in ALARM_COLUMNS)]
-        lines += [""] * (lines[-1] != "") + ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
-        lines += ["| " + " | ".join(r) + " |" for r in alarms]
-        lines += ["", ALARMS_NOTE]
-    rounds = rounds_rows(h, res)
-    if rounds:
-        lines += [""] * (lines[-1] != "") + ["| " + " | ".join(ROUNDS_COLUMNS) + " |", "|" + "---|" * len(ROUNDS_COLUMNS)]
-        lines += ["| " + " | ".join(r) + " |" for r in rounds]
-        lines += ["", ROUNDS_NOTE]
+    for titles, rows, note in (
+        (["lever", *(t for _, t, _ in LEVER_COLUMNS)], lever_rows(h, res), LEVERS_NOTE),
+        (["run", *(t for _, t in ALARM_COLUMNS)], alarm_rows(h, res), ALARMS_NOTE),
+        (list(ROUNDS_COLUMNS), rounds_rows(h, res), ROUNDS_NOTE),
+    ):
+        if rows:  # a table of its own, after a blank line, with its note under it
+            lines += [""] * (lines[-1] != "") + ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+            lines += ["| " + " | ".join(r) + " |" for r in rows]
+            lines += ["", note]
     for i, s in enumerate(res.get("samples", [])[:samples]):
         lines += ["", f"Samples for held-out prompt {i + 1}, {_cell(_request(s['prompt']))}:", "", "| policy | completion |", "|---|---|"]
         lines += [f"| {title(res, m)} | {_cell(h.num(f'samples.{i}.completions.{m}'))} |" for m in ordered(s["completions"])]
