@@ -212,16 +212,21 @@ class Pipeline:
         if ready is None:
             self._queued[name] = None
             return
-        if self._pool is None:
-            torch.set_num_threads(1)
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=worker_start)
         log = Path(cfg.train.out) / "train.log"
-        future = self._pool.submit(timed, stage, ready, str(log))
+        future = self.pool().submit(timed, stage, ready, str(log))
         future.add_done_callback(
             lambda f: print(f"  {name}: " + (f"trained in {f.result()} s" if not f.exception() else f"failed (see {log})"))
         )
         self._queued[name] = future
         print(f"{name}: queued (log {log})")
+
+    def pool(self) -> ProcessPoolExecutor:
+        """The worker processes (``workers`` > 1), started on first use; from then on this process
+        also runs with one thread."""
+        if self._pool is None:
+            torch.set_num_threads(1)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=worker_start)
+        return self._pool
 
     def wait(self, name: str) -> None:
         """Wait for a policy queued on a worker (nothing to wait for otherwise)."""

@@ -16,17 +16,13 @@ round lives in ``OUT/iterate/KEY``, and the rounds run level by level, on the pi
 from __future__ import annotations
 
 import json
-import multiprocessing
 import statistics
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-
-import torch
 
 from ..config import IterateConfig, RLConfig, override
 from ..iterate import STAGES, check_settings, pairs_bayes_accuracy, round_key, run_round
-from ..stages import merge, timed, worker_start
+from ..stages import merge, timed
 from .judge import gold_diff, seed_interval
 from .pipeline import Pipeline
 
@@ -83,37 +79,29 @@ def iterate(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
             chain.append(round_key(cfg, settings[name], r, chain[-1] if chain else ""))
         keys[name] = chain
     root = p.out / "iterate"
-    pool = None
-    if p.workers > 1:
-        torch.set_num_threads(1)
-        pool = ProcessPoolExecutor(p.workers, mp_context=multiprocessing.get_context("spawn"), initializer=worker_start)
-    try:
-        for r in range(1, max(c.rounds for c in arms.values()) + 1):
-            level = {}
-            for name, chain in keys.items():
-                if len(chain) >= r and chain[r - 1] not in level:
-                    level[chain[r - 1]] = (arms[name], settings[name], [str(root / k) for k in chain[:r]])
-            print(f"iterate: round {r}, {len(level)} distinct rounds to make")
-            for d in (dirs for *_, dirs in level.values()):
-                Path(d[-1]).mkdir(parents=True, exist_ok=True)
-            jobs = [(cfg, own, dirs, str(Path(dirs[-1]) / "round.log")) for cfg, own, dirs in level.values()]
-            if pool is None:
-                for cfg, own, dirs, _ in jobs:
-                    run_round(cfg, own, dirs, timings=p.timings)
-            else:
-                futures = [pool.submit(_job, *job) for job in jobs]
-                for (_, _, dirs, log), f in zip(jobs, futures):
-                    if f.exception() is not None:
-                        raise RuntimeError(f"iterate round {dirs[-1]} failed (see {log}): {f.exception()}")
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    for r in range(1, max(c.rounds for c in arms.values()) + 1):
+        level = {}
+        for name, chain in keys.items():
+            if len(chain) >= r and chain[r - 1] not in level:
+                level[chain[r - 1]] = (arms[name], settings[name], [str(root / k) for k in chain[:r]])
+        print(f"iterate: round {r}, {len(level)} distinct rounds to make")
+        for d in (dirs for *_, dirs in level.values()):
+            Path(d[-1]).mkdir(parents=True, exist_ok=True)
+        jobs = [(cfg, own, dirs, str(Path(dirs[-1]) / "round.log")) for cfg, own, dirs in level.values()]
+        if p.workers <= 1:
+            for cfg, own, dirs, _ in jobs:
+                run_round(cfg, own, dirs, timings=p.timings)
+            continue
+        futures = [p.pool().submit(_job, *job) for job in jobs]  # the pipeline's workers (it stops them)
+        for (_, _, dirs, log), f in zip(jobs, futures):
+            if f.exception() is not None:
+                raise RuntimeError(f"iterate round {dirs[-1]} failed (see {log}): {f.exception()}")
     yield
     pol, claims = res["policies"], res["claims"]
     pol.setdefault("sft", p.evaluate("sft"))
     out = res["iterate"] = {"budget": int(params.get("budget", 1600)), "arms": {}}
     for name, cfg in arms.items():
-        by_round = []
+        by_round, m = [], {}
         for r, key in enumerate(keys[name], 1):
             m = p.evaluate(f"iterate/{key}/policy")
             rm = json.loads((root / key / "rm" / "eval.json").read_text())
@@ -130,7 +118,7 @@ def iterate(p: Pipeline, res: dict, params: dict) -> Iterator[None]:
             "by_round": by_round,
             "key": keys[name][-1],
         }
-        pol[f"iterate-{name}"] = {**p.evaluate(f"iterate/{keys[name][-1]}/policy"), "rounds": cfg.rounds}
+        pol[f"iterate-{name}"] = {**m, "rounds": cfg.rounds}  # the final round's evaluation
     baseline = params.get("baseline") or next(iter(arms))
     out["baseline"] = baseline
     for name in arms:
