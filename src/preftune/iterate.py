@@ -38,7 +38,7 @@ from .atomic import write_atomic, write_jsonl
 from .commands.dpo import dpo
 from .commands.reward import reward
 from .commands.rl import rl
-from .commands.sample import sample_sets, strength_of
+from .commands.sample import label_pair, sample_sets
 from .config import DPOConfig, IterateConfig, RewardConfig, RLConfig, SampleConfig, load_config, override, to_dict
 from .data import DataError, load_prompts, read_rows
 from .evaluate import evaluate_samples, kl_to_reference
@@ -139,25 +139,12 @@ def simulated_labels(tasks: list[dict], tau: float, seed: int, r: int) -> list[d
     rows = []
     for t in tasks:
         try:
-            p = annotator.p_prefers_a(t["prompt"], t["a"], t["b"], t["a_ended"], t["b_ended"])
+            extra = {"annotator": f"sim-majority-tau{tau:g}", "round": r}
+            rows.append(label_pair(annotator, t["prompt"], t["a"], t["b"], t["a_ended"], t["b_ended"], rng, extra))
         except (ValueError, KeyError):
             raise ValueError(
                 f"round {r}: simulated labels need the lists world's prompts, not {t['prompt'][:60]!r}; label with --labels web"
             ) from None
-        a_wins = rng.random() < p
-        w, lo = ("a", "b") if a_wins else ("b", "a")
-        rows.append(
-            {
-                "prompt": t["prompt"],
-                "chosen": t[w],
-                "rejected": t[lo],
-                "strength": strength_of(p),
-                "chosen_ended": t[f"{w}_ended"],
-                "rejected_ended": t[f"{lo}_ended"],
-                "annotator": f"sim-majority-tau{tau:g}",
-                "round": r,
-            }
-        )
     return rows
 
 

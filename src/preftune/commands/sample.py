@@ -60,6 +60,17 @@ def plackett_luce_order(annotator: lists.Annotator, prompt: str, completions: li
     return order
 
 
+def label_pair(
+    annotator: lists.Annotator, prompt: str, a: str, b: str, a_ended: bool, b_ended: bool, rng: random.Random, extra: dict
+) -> dict:
+    """One pair labelled by a simulated annotator, as a comparison row (``extra``'s fields last): a
+    wins with its Bradley–Terry probability; the strength is the annotator's certainty."""
+    p = annotator.p_prefers_a(prompt, a, b, a_ended, b_ended)
+    (win, win_ended), (lose, lose_ended) = ((a, a_ended), (b, b_ended)) if rng.random() < p else ((b, b_ended), (a, a_ended))
+    row = {"prompt": prompt, "chosen": win, "rejected": lose, "strength": strength_of(p)}
+    return {**row, "chosen_ended": win_ended, "rejected_ended": lose_ended, **extra}
+
+
 def annotate(cfg: AnnotateConfig) -> Path:
     """Label sampled sets with simulated Bradley–Terry annotators (``annotator``/``group`` recorded).
 
@@ -96,20 +107,7 @@ def annotate(cfg: AnnotateConfig) -> Path:
             rows.append({"prompt": prompt, "completions": comps, "ranking": order, "ended": ended, **labels})
             continue
         for a in range(0, len(comps) - 1, 2):
-            b = a + 1
-            p = ann.p_prefers_a(prompt, comps[a], comps[b], ended[a], ended[b])
-            win, lose = (a, b) if rng.random() < p else (b, a)
-            rows.append(
-                {
-                    "prompt": prompt,
-                    "chosen": comps[win],
-                    "rejected": comps[lose],
-                    "strength": strength_of(p),
-                    "chosen_ended": ended[win],
-                    "rejected_ended": ended[lose],
-                    **labels,
-                }
-            )
+            rows.append(label_pair(ann, prompt, comps[a], comps[a + 1], ended[a], ended[a + 1], rng, labels))
     if repeats:
         print(f"note: {repeats} repeated completions labelled once; {skipped} sets had fewer than 2 distinct completions and were left out")
     write_jsonl(cfg.out, rows)
