@@ -45,7 +45,7 @@ from .evaluate import evaluate_samples, kl_to_reference
 from .methods.reward import score_texts
 from .models import load_policy, load_reward_model
 from .rollout import sample
-from .stages import digest, file_stage, merge, run_stage
+from .stages import STAGE_CONFIGS, digest, file_stage, merge, run_stage
 from .world import lists
 
 STAGES = ("sample", "reward", "rl", "dpo")  # the stages a settings file may configure
@@ -56,9 +56,8 @@ def check_settings(settings: object, where: str) -> dict:
     """The stages' settings (``--settings``), refused with where and what before anything runs."""
     if not isinstance(settings, dict) or not set(settings) <= set(STAGES):
         raise ValueError(f"{where}: expected a mapping of stage names ({', '.join(STAGES)}) to settings")
-    defaults = {"sample": SampleConfig, "reward": RewardConfig, "rl": RLConfig, "dpo": DPOConfig}
     for stage, values in settings.items():
-        override(defaults[stage](), values or {}, f"{where}: {stage}")
+        override(STAGE_CONFIGS[stage](), values or {}, f"{where}: {stage}")
     return settings
 
 

@@ -24,7 +24,30 @@ import torch
 
 from . import faults
 from .atomic import write_atomic
-from .config import to_dict
+from .config import (
+    DPOConfig,
+    LabelsConfig,
+    PretrainConfig,
+    RewardConfig,
+    RLConfig,
+    SampleConfig,
+    SFTConfig,
+    WorldConfig,
+    to_dict,
+)
+
+# Every stage a settings mapping may configure (an experiment file's ``pipeline:`` section, the
+# stages of ``preftune iterate --settings``), and the config each one's settings override.
+STAGE_CONFIGS = {
+    "world": WorldConfig,
+    "pretrain": PretrainConfig,
+    "sft": SFTConfig,
+    "sample": SampleConfig,
+    "labels": LabelsConfig,
+    "reward": RewardConfig,
+    "rl": RLConfig,
+    "dpo": DPOConfig,
+}
 
 
 def digest(paths: list[str], extra: object = None) -> str:

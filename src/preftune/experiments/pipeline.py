@@ -44,28 +44,16 @@ from ..losses import best_of_n_kl, pick_best
 from ..methods.rl import Scorer
 from ..models import load_policy, load_tokenizer
 from ..rollout import Sample, sample
-from ..stages import digest, reset_stage, run_stage, timed, worker_start
+from ..stages import STAGE_CONFIGS, digest, reset_stage, run_stage, timed, worker_start
 from ..world import lists, write_world
-
-# The stages a file's ``pipeline:`` section may configure, and the config each one's settings override.
-STAGES = {
-    "world": WorldConfig,
-    "pretrain": PretrainConfig,
-    "sft": SFTConfig,
-    "sample": SampleConfig,
-    "labels": LabelsConfig,
-    "reward": RewardConfig,
-    "rl": RLConfig,
-    "dpo": DPOConfig,
-}
 
 
 def check_settings(settings: dict, where: str) -> None:
     """Refuse, before anything runs, a stage or a field the pipeline does not have."""
     for stage, values in settings.items():
-        if stage not in STAGES:
-            raise ValueError(f"{where}: pipeline has no stage {stage!r} (stages: {', '.join(STAGES)})")
-        override(STAGES[stage](), values, f"{where}: pipeline.{stage}")
+        if stage not in STAGE_CONFIGS:
+            raise ValueError(f"{where}: pipeline has no stage {stage!r} (stages: {', '.join(STAGE_CONFIGS)})")
+        override(STAGE_CONFIGS[stage](), values, f"{where}: pipeline.{stage}")
 
 
 class Pipeline:
